@@ -1,0 +1,142 @@
+"""``ShardWriter``: a drop-in for ``webdataset.ShardWriter`` that writes portable, deterministic,
+crash-safe shards through the Rust core."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastwds import _core
+
+DEFAULT_MAXCOUNT = 100_000
+DEFAULT_MAXSIZE = 3_000_000_000
+
+
+def encode_value(ext: str, value: Any, sample_id: str = "") -> bytes:
+    """Turn one sample value into member bytes the way webdataset's writer does for the common
+    types: bytes pass through, ``str`` is UTF-8, dicts/lists are JSON, arrays are ``.npy``."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise _core.SampleError(f"sample {sample_id!r}: member {ext!r} is an object array; "
+                                    "fastwds never pickles (readers would have to unpickle it)")
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
+        return buffer.getvalue()
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if isinstance(value, (bool, int, float, np.integer, np.floating)):
+        return str(value).encode("ascii")
+    error = _core.SampleError(f"sample {sample_id!r}: cannot encode member {ext!r} of type "
+                              f"{type(value).__name__}; pass bytes, str, dict/list, number or ndarray")
+    error.sample_id = sample_id
+    raise error
+
+
+def _column_values(ext: str, column: Any, ids: Sequence[str]) -> list[bytes | None]:
+    """A column as a list of bytes/None. Arrow binary/string columns convert in C."""
+    if hasattr(column, "to_pylist"):  # pyarrow / polars column
+        column = column.to_pylist()
+    return [None if v is None else encode_value(ext, v, ids[i]) for i, v in enumerate(column)]
+
+
+class ShardWriter:
+    """Write samples into shards named by ``pattern`` (``"out/shard-%06d.tar"``).
+
+    A new shard starts after ``maxcount`` samples, or before a sample that would push the shard
+    file past ``maxsize`` bytes. Each shard is written under ``<name>.partial`` and renamed when
+    complete; ``close()`` returns the ``ShardRecord`` of every shard (name, samples, size,
+    sha256, offsets). Leaving a ``with`` block through an exception drops the unfinished shard.
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        maxcount: int = DEFAULT_MAXCOUNT,
+        maxsize: float = DEFAULT_MAXSIZE,
+        *,
+        start_shard: int = 0,
+        mtime: int = 0,
+        fsync: bool = True,
+        overwrite: bool = False,
+        energon_index: bool = False,
+        dali_index: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        self.pattern = pattern
+        self.verbose = verbose
+        self._sink = _core.ShardSink(
+            pattern,
+            maxcount=int(maxcount),
+            maxsize=int(maxsize),
+            mtime=int(mtime),
+            fsync=fsync,
+            overwrite=overwrite,
+            start_index=int(start_shard),
+            energon_index=energon_index,
+            dali_index=dali_index,
+        )
+        self.records: list[_core.ShardRecord] | None = None
+
+    def write(self, sample: Mapping[str, Any]) -> str:
+        """Write one ``{"__key__": id, ext: value, ...}`` sample; returns the key written.
+
+        Entries whose name starts with ``_`` (``__url__``, ...) are metadata and skipped, as in
+        webdataset. Values: see ``encode_value``.
+        """
+        try:
+            sample_id = sample["__key__"]
+        except KeyError:
+            raise _core.SampleError("sample has no '__key__'") from None
+        sample_id = str(sample_id)
+        members = [(ext, encode_value(ext, value, sample_id))
+                   for ext, value in sample.items() if not ext.startswith("_") and value is not None]
+        return self._sink.write(sample_id, members)
+
+    def write_batch(self, ids: Sequence[Any], columns: Mapping[str, Any]) -> int:
+        """Write ``len(ids)`` samples given column by column: ``columns[ext]`` holds one value
+        per id (a list, or a pyarrow/polars column); ``None`` leaves that member out."""
+        if hasattr(ids, "to_pylist"):
+            ids = ids.to_pylist()
+        ids = [str(i) for i in ids]
+        prepared = [(ext, _column_values(ext, column, ids)) for ext, column in columns.items()]
+        return self._sink.write_batch(ids, prepared)
+
+    def next_shard(self) -> None:
+        """Finish the current shard now; the next sample starts a new one."""
+        self._sink.finish_shard()
+
+    def close(self) -> list[_core.ShardRecord]:
+        """Finish the open shard and return the records of every shard written."""
+        if self.records is None:
+            self.records = self._sink.close()
+            for record in self.records:
+                if record.oversized:
+                    warnings.warn(f"{record.path}: one sample alone is larger than maxsize; "
+                                  "it was written to its own shard", stacklevel=2)
+                if self.verbose:
+                    print(f"# wrote {record.path}: {record.num_samples} samples, {record.size} bytes")
+        return self.records
+
+    def abort(self) -> None:
+        """Drop the unfinished shard (its ``.partial`` file is removed); finished shards stay."""
+        self._sink.abort()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

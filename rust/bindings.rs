@@ -1,0 +1,204 @@
+//! The PyO3 layer: converts Python values to Rust ones, releases the GIL around all I/O, and maps
+//! `Error` onto Python exceptions. No shard logic lives here.
+use pyo3::create_exception;
+use pyo3::exceptions::{PyFileExistsError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
+
+use crate::error::Error;
+use crate::key;
+use crate::shard::{Member, Options, ShardRecord, ShardSink};
+
+create_exception!(_core, SampleError, PyValueError, "A sample cannot be written as given; `sample_id` names it.");
+create_exception!(_core, DuplicateKeyError, SampleError, "Two samples of one writer map to the same key.");
+create_exception!(_core, ShardPatternError, PyValueError, "The shard name pattern is not usable.");
+create_exception!(_core, WriterClosedError, PyValueError, "The writer was closed (or failed) and takes no more samples.");
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        let message = err.to_string();
+        match &err {
+            Error::Io { path, source } => match source.raw_os_error() {
+                // OSError(errno, strerror, filename) becomes FileNotFoundError etc. by errno.
+                Some(errno) => PyOSError::new_err((errno, source.to_string(), path.display().to_string())),
+                None => PyOSError::new_err(message),
+            },
+            Error::ShardExists { path } => PyFileExistsError::new_err((17, message, path.display().to_string())),
+            Error::InvalidPattern { .. } => ShardPatternError::new_err(message),
+            Error::Closed => WriterClosedError::new_err(message),
+            _ => {
+                let py_err = match err {
+                    Error::DuplicateKey { .. } => DuplicateKeyError::new_err(message),
+                    _ => SampleError::new_err(message),
+                };
+                Python::attach(|py| {
+                    let _ = py_err.value(py).setattr("sample_id", err.sample_id());
+                });
+                py_err
+            }
+        }
+    }
+}
+
+/// What one finished shard holds: name, counts, size, sha256 and every sample's offsets.
+#[pyclass(module = "fastwds._core", name = "ShardRecord", frozen)]
+pub struct PyShardRecord {
+    inner: ShardRecord,
+}
+
+#[pymethods]
+impl PyShardRecord {
+    #[getter]
+    fn index(&self) -> u64 {
+        self.inner.index
+    }
+    #[getter]
+    fn path(&self) -> String {
+        self.inner.path.display().to_string()
+    }
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    #[getter]
+    fn num_samples(&self) -> usize {
+        self.inner.samples.len()
+    }
+    /// File size in bytes.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.inner.size
+    }
+    #[getter]
+    fn sha256(&self) -> String {
+        self.inner.sha256_hex()
+    }
+    #[getter]
+    fn oversized(&self) -> bool {
+        self.inner.oversized
+    }
+    /// Offset where the end-of-archive blocks start.
+    #[getter]
+    fn data_end(&self) -> u64 {
+        self.inner.data_end
+    }
+    /// `[(key, offset, end, [(ext, data_offset, size), ...]), ...]`: `offset` is the sample's
+    /// first header block, `end` the next sample's (or `data_end`).
+    #[allow(clippy::type_complexity)]
+    fn samples(&self) -> Vec<(String, u64, u64, Vec<(String, u64, u64)>)> {
+        (0..self.inner.samples.len())
+            .map(|i| {
+                let s = &self.inner.samples[i];
+                let members = s.members.iter().map(|m| (m.ext.clone(), m.data_offset, m.size)).collect();
+                (s.key.clone(), s.offset, self.inner.sample_end(i), members)
+            })
+            .collect()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.inner.samples.iter().map(|s| s.key.clone()).collect()
+    }
+    fn __repr__(&self) -> String {
+        format!("ShardRecord(name={:?}, num_samples={}, size={}, sha256={:?})", self.inner.name(), self.inner.samples.len(), self.inner.size, self.inner.sha256_hex())
+    }
+}
+
+/// Low-level shard writer; `fastwds.ShardWriter` wraps it with value encoding.
+#[pyclass(module = "fastwds._core", name = "ShardSink")]
+pub struct PyShardSink {
+    sink: ShardSink,
+}
+
+fn records(shards: Vec<ShardRecord>) -> Vec<PyShardRecord> {
+    shards.into_iter().map(|inner| PyShardRecord { inner }).collect()
+}
+
+#[pymethods]
+impl PyShardSink {
+    #[new]
+    #[pyo3(signature = (pattern, *, maxcount, maxsize, mtime=0, fsync=true, overwrite=false, start_index=0, energon_index=false, dali_index=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(pattern: &str, maxcount: u64, maxsize: u64, mtime: u64, fsync: bool, overwrite: bool, start_index: u64, energon_index: bool, dali_index: bool) -> PyResult<Self> {
+        let options = Options { maxcount, maxsize, mtime, fsync, overwrite, start_index, energon_index, dali_index };
+        Ok(Self { sink: ShardSink::new(pattern, options)? })
+    }
+
+    /// Write one sample: `members` is a list of `(extension, bytes)`. Returns its key.
+    fn write(&mut self, py: Python<'_>, sample_id: PyBackedStr, members: Vec<(PyBackedStr, PyBackedBytes)>) -> PyResult<String> {
+        let sink = &mut self.sink;
+        let key = py.detach(|| {
+            let members: Vec<Member> = members.iter().map(|(ext, data)| Member { ext, data }).collect();
+            sink.write_sample(&sample_id, &members)
+        })?;
+        Ok(key)
+    }
+
+    /// Write many samples at once, column by column: `columns` is `[(extension, values)]` with
+    /// one value per id; a `None` value leaves that member out of that sample. Samples before a
+    /// failing one are written; the exception names the failing sample.
+    fn write_batch(&mut self, py: Python<'_>, sample_ids: Vec<PyBackedStr>, columns: Vec<(PyBackedStr, Vec<Option<PyBackedBytes>>)>) -> PyResult<usize> {
+        for (ext, values) in &columns {
+            if values.len() != sample_ids.len() {
+                return Err(PyValueError::new_err(format!("column {:?} has {} values for {} sample ids", &**ext, values.len(), sample_ids.len())));
+            }
+        }
+        let sink = &mut self.sink;
+        py.detach(|| {
+            let mut members = Vec::with_capacity(columns.len());
+            for (row, id) in sample_ids.iter().enumerate() {
+                members.clear();
+                for (ext, values) in &columns {
+                    if let Some(data) = &values[row] {
+                        members.push(Member { ext, data });
+                    }
+                }
+                sink.write_sample(id, &members)?;
+            }
+            Ok::<_, Error>(())
+        })?;
+        Ok(sample_ids.len())
+    }
+
+    /// Finish the shard being written now, so the next sample starts a new one.
+    fn finish_shard(&mut self, py: Python<'_>) -> PyResult<()> {
+        let sink = &mut self.sink;
+        Ok(py.detach(|| sink.finish_shard())?)
+    }
+
+    /// Shards finished so far (the open one is not among them).
+    #[getter]
+    fn num_finished(&self) -> usize {
+        self.sink.finished().len()
+    }
+
+    /// Finish the open shard; return every finished shard's record.
+    fn close(&mut self, py: Python<'_>) -> PyResult<Vec<PyShardRecord>> {
+        let sink = &mut self.sink;
+        Ok(records(py.detach(|| sink.close())?))
+    }
+
+    /// Drop the open shard (its `.partial` file is deleted); finished shards stay.
+    fn abort(&mut self) {
+        self.sink.abort();
+    }
+}
+
+/// The key a sample with this id is written under.
+#[pyfunction]
+fn portable_key(sample_id: &str) -> String {
+    key::portable_key(sample_id)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_KEY_LEN", key::MAX_KEY_LEN)?;
+    m.add_class::<PyShardSink>()?;
+    m.add_class::<PyShardRecord>()?;
+    m.add_function(wrap_pyfunction!(portable_key, m)?)?;
+    m.add("SampleError", py.get_type::<SampleError>())?;
+    m.add("DuplicateKeyError", py.get_type::<DuplicateKeyError>())?;
+    m.add("ShardPatternError", py.get_type::<ShardPatternError>())?;
+    m.add("WriterClosedError", py.get_type::<WriterClosedError>())?;
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! fastwds core: ustar encoding, portable keys, shard rotation and sidecar indexes in plain Rust;
+//! `bindings` is the thin PyO3 layer exposed to Python as `fastwds._core`.
+pub mod error;
+pub mod index;
+pub mod key;
+pub mod shard;
+pub mod tar;
+
+#[cfg(feature = "python")]
+mod bindings;

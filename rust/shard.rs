@@ -1,0 +1,539 @@
+//! Shard rotation and crash-safe shard files.
+//!
+//! A shard is written to `<name>.partial`, hashed while it is written, fsynced, and only then
+//! renamed to its final name, so a file with the final name is always a complete archive. Its
+//! sidecar indexes are renamed into place before the shard itself: a finished shard never lacks
+//! the indexes that were asked for.
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::index;
+use crate::key::{normalize_extension, portable_key};
+use crate::tar::{self, BLOCK, END_OF_ARCHIVE, MAX_MEMBER_SIZE};
+
+const WRITE_BUFFER: usize = 1 << 20;
+const ZEROS: [u8; BLOCK as usize] = [0; BLOCK as usize];
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// `dir/name-%06d.tar`: one printf-style `%d` (optionally `%0Nd`), ending in `.tar`.
+#[derive(Clone, Debug)]
+pub struct ShardPattern {
+    prefix: String,
+    width: usize,
+    suffix: String,
+}
+
+impl ShardPattern {
+    pub fn parse(pattern: &str) -> Result<Self> {
+        let bad = |reason: &str| Err(Error::InvalidPattern { pattern: pattern.to_string(), reason: reason.to_string() });
+        if !pattern.ends_with(".tar") {
+            return bad("shards are uncompressed tar files; the pattern must end in .tar");
+        }
+        let Some(start) = pattern.find('%') else {
+            return bad("needs one %d (or %06d) for the shard number");
+        };
+        let rest = &pattern[start + 1..];
+        let Some(d) = rest.find('d') else { return bad("needs one %d (or %06d) for the shard number") };
+        let spec = &rest[..d];
+        // `%6d` would pad with spaces, which break DALI's index loading: only zero padding.
+        if !spec.bytes().all(|b| b.is_ascii_digit()) || (!spec.is_empty() && !spec.starts_with('0')) {
+            return bad("only %d and %0Nd are supported");
+        }
+        let suffix = &rest[d + 1..];
+        if suffix.contains('%') {
+            return bad("only one % field is supported");
+        }
+        let width = if spec.is_empty() { 0 } else { spec.parse().unwrap_or(0) };
+        Ok(Self { prefix: pattern[..start].to_string(), width, suffix: suffix.to_string() })
+    }
+
+    pub fn path(&self, index: u64) -> PathBuf {
+        PathBuf::from(format!("{}{:0width$}{}", self.prefix, index, self.suffix, width = self.width))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Most samples in one shard.
+    pub maxcount: u64,
+    /// Most bytes in one shard file, end-of-archive blocks included. A sample larger than this
+    /// on its own still gets written, alone in its shard (`ShardRecord::oversized`).
+    pub maxsize: u64,
+    /// The mtime stored in every header: fixed so reruns give identical bytes.
+    pub mtime: u64,
+    /// fsync the shard and its directory before and after the rename (durability after a
+    /// power loss; turning it off only trades that for speed).
+    pub fsync: bool,
+    /// Replace finished shards that are already there instead of refusing.
+    pub overwrite: bool,
+    /// Number of the first shard.
+    pub start_index: u64,
+    /// Write Energon's `X.tar.idx` beside every shard.
+    pub energon_index: bool,
+    /// Write DALI's `X.idx` (wds2idx v1.2) beside every shard.
+    pub dali_index: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            maxcount: 100_000,
+            maxsize: 3_000_000_000,
+            mtime: 0,
+            fsync: true,
+            overwrite: false,
+            start_index: 0,
+            energon_index: false,
+            dali_index: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub ext: String,
+    /// Offset of the member's data (just after its header block).
+    pub data_offset: u64,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampleRecord {
+    pub key: String,
+    /// Offset of the sample's first header block.
+    pub offset: u64,
+    pub members: Vec<MemberRecord>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardRecord {
+    pub index: u64,
+    pub path: PathBuf,
+    pub samples: Vec<SampleRecord>,
+    /// End of the last member's padded data: where the end-of-archive blocks start.
+    pub data_end: u64,
+    /// Size of the finished file.
+    pub size: u64,
+    pub sha256: [u8; 32],
+    /// Holds one sample that alone is larger than `maxsize`.
+    pub oversized: bool,
+}
+
+impl ShardRecord {
+    pub fn name(&self) -> String {
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    pub fn sha256_hex(&self) -> String {
+        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Offset just past sample `i` (the next sample's first header, or `data_end`).
+    pub fn sample_end(&self, i: usize) -> u64 {
+        self.samples.get(i + 1).map_or(self.data_end, |s| s.offset)
+    }
+}
+
+/// Hashes everything that passes through it on the way to `inner`.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct OpenShard {
+    index: u64,
+    final_path: PathBuf,
+    partial_path: PathBuf,
+    out: BufWriter<HashingWriter<File>>,
+    position: u64,
+    samples: Vec<SampleRecord>,
+    oversized: bool,
+}
+
+/// A member as the caller hands it over: extension and payload.
+pub struct Member<'a> {
+    pub ext: &'a str,
+    pub data: &'a [u8],
+}
+
+/// Writes samples into a sequence of shards named by a pattern.
+pub struct ShardSink {
+    pattern: ShardPattern,
+    options: Options,
+    next_index: u64,
+    open: Option<OpenShard>,
+    finished: Vec<ShardRecord>,
+    /// key -> the id it came from, when they differ (to name both ids in a collision report).
+    seen_keys: HashMap<String, Option<String>>,
+    closed: bool,
+}
+
+fn partial_path_of(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(PARTIAL_SUFFIX);
+    PathBuf::from(s)
+}
+
+fn sync_parent_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+/// Write `bytes` to `path` through a `.partial` file and a rename.
+pub fn write_file_atomically(path: &Path, bytes: &[u8], fsync: bool) -> Result<()> {
+    let partial = partial_path_of(path);
+    let mut f = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&partial, e))?;
+    if fsync {
+        f.sync_all().map_err(|e| Error::io(&partial, e))?;
+    }
+    fs::rename(&partial, path).map_err(|e| Error::io(path, e))
+}
+
+impl ShardSink {
+    pub fn new(pattern: &str, options: Options) -> Result<Self> {
+        let pattern = ShardPattern::parse(pattern)?;
+        if options.maxcount == 0 {
+            return Err(Error::InvalidPattern { pattern: pattern.path(0).display().to_string(), reason: "maxcount must be at least 1".into() });
+        }
+        Ok(Self {
+            next_index: options.start_index,
+            pattern,
+            options,
+            open: None,
+            finished: Vec::new(),
+            seen_keys: HashMap::new(),
+            closed: false,
+        })
+    }
+
+    pub fn finished(&self) -> &[ShardRecord] {
+        &self.finished
+    }
+
+    /// Samples in the shard being written.
+    pub fn open_samples(&self) -> usize {
+        self.open.as_ref().map_or(0, |s| s.samples.len())
+    }
+
+    /// Write one sample with id `id`; members are written sorted by extension.
+    /// Returns the key the sample was written under.
+    pub fn write_sample(&mut self, id: &str, members: &[Member]) -> Result<String> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        // Everything about the sample is checked before any byte of it is written.
+        if members.is_empty() {
+            return Err(Error::EmptySample { id: id.to_string() });
+        }
+        let key = portable_key(id);
+        if let Some(previous) = self.seen_keys.get(&key) {
+            let previous = previous.clone().unwrap_or_else(|| key.clone());
+            return Err(Error::DuplicateKey { id: id.to_string(), key, previous });
+        }
+        let mut parts: Vec<(String, &[u8])> = Vec::with_capacity(members.len());
+        for m in members {
+            parts.push((normalize_extension(id, m.ext)?, m.data));
+        }
+        parts.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = parts.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::DuplicateExtension { id: id.to_string(), ext: w[0].0.clone() });
+        }
+        let mut headers = Vec::with_capacity(parts.len());
+        let mut span = 0u64;
+        for (ext, data) in &parts {
+            let name = format!("{key}.{ext}");
+            let size = data.len() as u64;
+            if size > MAX_MEMBER_SIZE {
+                return Err(Error::MemberTooLarge { id: id.to_string(), name, size });
+            }
+            headers.push(tar::header(&name, size, self.options.mtime)?);
+            span += tar::member_span(size);
+        }
+
+        let end_blocks = END_OF_ARCHIVE.len() as u64;
+        if let Some(open) = &self.open {
+            let full = open.samples.len() as u64 >= self.options.maxcount;
+            let too_big = open.position + span + end_blocks > self.options.maxsize;
+            if full || too_big {
+                self.finish_shard()?;
+            }
+        }
+        if self.open.is_none() {
+            self.open_shard()?;
+        }
+        let result = self.append(&key, &parts, &headers, span + end_blocks > self.options.maxsize);
+        if let Err(e) = result {
+            // The open shard is in an unknown state: drop it, and refuse further writes.
+            self.abort();
+            return Err(e);
+        }
+        self.seen_keys.insert(key.clone(), (key != id).then(|| id.to_string()));
+        Ok(key)
+    }
+
+    fn append(&mut self, key: &str, parts: &[(String, &[u8])], headers: &[[u8; 512]], oversized: bool) -> Result<()> {
+        let open = self.open.as_mut().expect("a shard is open");
+        let io_err = |e| Error::io(&open.partial_path, e);
+        let offset = open.position;
+        let mut members = Vec::with_capacity(parts.len());
+        for ((ext, data), header) in parts.iter().zip(headers) {
+            let size = data.len() as u64;
+            let pad = tar::padding(size) as usize;
+            open.out.write_all(header).map_err(io_err)?;
+            open.out.write_all(data).map_err(io_err)?;
+            open.out.write_all(&ZEROS[..pad]).map_err(io_err)?;
+            members.push(MemberRecord { ext: ext.clone(), data_offset: open.position + BLOCK, size });
+            open.position += tar::member_span(size);
+        }
+        open.samples.push(SampleRecord { key: key.to_string(), offset, members });
+        open.oversized |= oversized;
+        Ok(())
+    }
+
+    fn open_shard(&mut self) -> Result<()> {
+        let index = self.next_index;
+        let final_path = self.pattern.path(index);
+        if !self.options.overwrite && final_path.exists() {
+            return Err(Error::ShardExists { path: final_path });
+        }
+        if let Some(dir) = final_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let partial_path = partial_path_of(&final_path);
+        // A `.partial` left by a crashed run is ours to replace.
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial_path)
+            .map_err(|e| Error::io(&partial_path, e))?;
+        let out = BufWriter::with_capacity(WRITE_BUFFER, HashingWriter { inner: file, hasher: Sha256::new() });
+        self.open = Some(OpenShard { index, final_path, partial_path, out, position: 0, samples: Vec::new(), oversized: false });
+        self.next_index += 1;
+        Ok(())
+    }
+
+    /// Complete the open shard (if any): end blocks, flush, fsync, sidecars, rename.
+    pub fn finish_shard(&mut self) -> Result<()> {
+        let Some(open) = self.open.take() else { return Ok(()) };
+        let partial = open.partial_path.clone();
+        let result = self.complete(open);
+        if result.is_err() {
+            let _ = fs::remove_file(&partial);
+            self.closed = true;
+        }
+        result
+    }
+
+    fn complete(&mut self, mut open: OpenShard) -> Result<()> {
+        let io_err = |e| Error::io(&open.partial_path, e);
+        open.out.write_all(&END_OF_ARCHIVE).map_err(io_err)?;
+        let hashing = open.out.into_inner().map_err(|e| Error::io(&open.partial_path, e.into_error()))?;
+        let file = hashing.inner;
+        if self.options.fsync {
+            file.sync_all().map_err(|e| Error::io(&open.partial_path, e))?;
+        }
+        drop(file);
+        let record = ShardRecord {
+            index: open.index,
+            path: open.final_path.clone(),
+            data_end: open.position,
+            size: open.position + END_OF_ARCHIVE.len() as u64,
+            sha256: hashing.hasher.finalize().into(),
+            samples: open.samples,
+            oversized: open.oversized,
+        };
+        if self.options.energon_index {
+            write_file_atomically(&index::energon_index_path(&record.path), &index::energon_tar_idx(&record), self.options.fsync)?;
+        }
+        if self.options.dali_index {
+            write_file_atomically(&index::dali_index_path(&record.path), index::dali_idx(&record).as_bytes(), self.options.fsync)?;
+        }
+        if !self.options.overwrite && record.path.exists() {
+            return Err(Error::ShardExists { path: record.path });
+        }
+        fs::rename(&open.partial_path, &record.path).map_err(|e| Error::io(&record.path, e))?;
+        if self.options.fsync {
+            sync_parent_dir(&record.path)?;
+        }
+        self.finished.push(record);
+        Ok(())
+    }
+
+    /// Finish the open shard and refuse further writes. Returns every finished shard.
+    pub fn close(&mut self) -> Result<Vec<ShardRecord>> {
+        if !self.closed {
+            self.finish_shard()?;
+            self.closed = true;
+        }
+        Ok(std::mem::take(&mut self.finished))
+    }
+
+    /// Drop the open shard without finishing it (its `.partial` file is removed) and refuse
+    /// further writes. Finished shards stay.
+    pub fn abort(&mut self) {
+        if let Some(open) = self.open.take() {
+            drop(open.out);
+            let _ = fs::remove_file(&open.partial_path);
+        }
+        self.closed = true;
+    }
+}
+
+impl Drop for ShardSink {
+    fn drop(&mut self) {
+        // Never leave a half-written shard behind, whatever path dropped us.
+        self.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(maxcount: u64, maxsize: u64) -> Options {
+        Options { maxcount, maxsize, fsync: false, ..Options::default() }
+    }
+
+    fn write_n(sink: &mut ShardSink, n: usize, size: usize) {
+        let data = vec![7u8; size];
+        for i in 0..n {
+            sink.write_sample(&format!("s{i:04}"), &[Member { ext: "bin", data: &data }]).unwrap();
+        }
+    }
+
+    #[test]
+    fn pattern_parsing() {
+        assert_eq!(ShardPattern::parse("a/s-%06d.tar").unwrap().path(7), PathBuf::from("a/s-000007.tar"));
+        assert_eq!(ShardPattern::parse("s%d.tar").unwrap().path(12), PathBuf::from("s12.tar"));
+        for bad in ["s.tar", "s-%06d.tar.gz", "s-%s.tar", "%d-%d.tar", "s-%6d.tar"] {
+            assert!(ShardPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rotates_by_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), opts(3, u64::MAX)).unwrap();
+        write_n(&mut sink, 7, 10);
+        let shards = sink.close().unwrap();
+        assert_eq!(shards.iter().map(|s| s.samples.len()).collect::<Vec<_>>(), vec![3, 3, 1]);
+        for s in &shards {
+            assert_eq!(fs::metadata(&s.path).unwrap().len(), s.size);
+            assert!(!partial_path_of(&s.path).exists());
+        }
+    }
+
+    #[test]
+    fn rotates_by_bytes_and_isolates_oversized_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        // One 1000-byte member spans 512 + 1024 bytes; 2 of them + end blocks = 4096.
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), opts(100, 4096)).unwrap();
+        write_n(&mut sink, 3, 1000);
+        let big = vec![1u8; 5000];
+        sink.write_sample("big", &[Member { ext: "bin", data: &big }]).unwrap();
+        write_n_from(&mut sink, 10, 1, 1000);
+        let shards = sink.close().unwrap();
+        let counts: Vec<_> = shards.iter().map(|s| s.samples.len()).collect();
+        assert_eq!(counts, vec![2, 1, 1, 1]);
+        assert!(shards[2].oversized && !shards[1].oversized);
+        for s in shards.iter().filter(|s| !s.oversized) {
+            assert!(s.size <= 4096);
+        }
+    }
+
+    fn write_n_from(sink: &mut ShardSink, start: usize, n: usize, size: usize) {
+        let data = vec![7u8; size];
+        for i in start..start + n {
+            sink.write_sample(&format!("s{i:04}"), &[Member { ext: "bin", data: &data }]).unwrap();
+        }
+    }
+
+    #[test]
+    fn never_writes_an_empty_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), opts(2, u64::MAX)).unwrap();
+        write_n(&mut sink, 2, 1);
+        assert_eq!(sink.close().unwrap().len(), 1);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn offsets_and_hash_match_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), opts(10, u64::MAX)).unwrap();
+        sink.write_sample("a", &[Member { ext: "txt", data: b"hello" }, Member { ext: "JSON", data: b"{}" }]).unwrap();
+        sink.write_sample("b.c", &[Member { ext: "txt", data: b"x" }]).unwrap();
+        let shard = sink.close().unwrap().remove(0);
+        let bytes = fs::read(&shard.path).unwrap();
+        assert_eq!(shard.sha256, <[u8; 32]>::from(Sha256::digest(&bytes)));
+        let a = &shard.samples[0];
+        assert_eq!(a.members.iter().map(|m| m.ext.as_str()).collect::<Vec<_>>(), vec!["json", "txt"]);
+        assert_eq!(&bytes[0..6], b"a.json");
+        let txt = &a.members[1];
+        assert_eq!(&bytes[txt.data_offset as usize..][..5], b"hello");
+        assert_eq!(shard.samples[1].offset, 2048);
+        assert!(shard.samples[1].key.ends_with(&portable_key("b.c")[1..]));
+        assert_eq!(shard.data_end + 1024, bytes.len() as u64);
+        assert!(bytes[shard.data_end as usize..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn refuses_bad_samples_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), opts(10, u64::MAX)).unwrap();
+        let dup = [Member { ext: "jpg", data: b"1" }, Member { ext: "JPG", data: b"2" }];
+        assert!(matches!(sink.write_sample("a", &dup), Err(Error::DuplicateExtension { .. })));
+        assert!(matches!(sink.write_sample("a", &[]), Err(Error::EmptySample { .. })));
+        sink.write_sample("a", &[Member { ext: "txt", data: b"1" }]).unwrap();
+        assert!(matches!(sink.write_sample("a", &[Member { ext: "txt", data: b"1" }]), Err(Error::DuplicateKey { .. })));
+        assert_eq!(sink.close().unwrap()[0].samples.len(), 1);
+        assert!(matches!(sink.write_sample("z", &[Member { ext: "txt", data: b"1" }]), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn refuses_to_replace_a_finished_shard_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = dir.path().join("s-%03d.tar");
+        let mut first = ShardSink::new(pattern.to_str().unwrap(), opts(10, u64::MAX)).unwrap();
+        write_n(&mut first, 1, 1);
+        first.close().unwrap();
+        let mut second = ShardSink::new(pattern.to_str().unwrap(), opts(10, u64::MAX)).unwrap();
+        let data = [Member { ext: "bin", data: b"1" }];
+        assert!(matches!(second.write_sample("x", &data), Err(Error::ShardExists { .. })));
+        let mut third = ShardSink::new(pattern.to_str().unwrap(), Options { overwrite: true, ..opts(10, u64::MAX) }).unwrap();
+        third.write_sample("x", &data).unwrap();
+        assert_eq!(third.close().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn abort_and_drop_leave_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), opts(10, u64::MAX)).unwrap();
+            write_n(&mut sink, 3, 100);
+            assert!(dir.path().join("s-000.tar.partial").exists());
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
