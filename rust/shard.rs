@@ -272,9 +272,7 @@ impl ShardSink {
 
         let end_blocks = END_OF_ARCHIVE.len() as u64;
         if let Some(open) = &self.open {
-            let full = open.samples.len() as u64 >= self.options.maxcount;
-            let too_big = open.position + span + end_blocks > self.options.maxsize;
-            if full || too_big {
+            if open.position + span + end_blocks > self.options.maxsize {
                 self.finish_shard()?;
             }
         }
@@ -288,6 +286,11 @@ impl ShardSink {
             return Err(e);
         }
         self.seen_keys.insert(key.clone(), (key != id).then(|| id.to_string()));
+        // A full shard is finished at once rather than when the next sample comes: a crash
+        // or a pause between samples must not hold back a shard that is already complete.
+        if self.open_samples() as u64 >= self.options.maxcount {
+            self.finish_shard()?;
+        }
         Ok(key)
     }
 

@@ -10,6 +10,7 @@ from fastwds.errors import (
     ShardPatternError,
     WriterClosedError,
 )
+from fastwds.indexes import write_wids_index
 from fastwds.writer import ShardWriter
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "WriterClosedError",
     "__version__",
     "portable_key",
+    "write_wids_index",
 ]

@@ -1,0 +1,5 @@
+import sys
+
+from fastwds.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The ``fastwds`` command line. Each subcommand lives in its own module and registers its
+arguments here through an ``add_arguments(parser)`` / ``run(args) -> int`` pair."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fastwds import __version__
+from fastwds.errors import FastwdsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastwds.bench import cli as bench_cli
+
+    parser = argparse.ArgumentParser(
+        prog="fastwds",
+        description="Turn ML training data into validated, deterministic WebDataset shards.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastwds {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = commands.add_parser("bench", help="measure fastwds against the alternatives on this machine")
+    bench_cli.add_arguments(bench)
+    bench.set_defaults(run=bench_cli.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("fastwds: interrupted", file=sys.stderr)
+        return 130
+    except (FastwdsError, ValueError, OSError) as error:
+        # Users get one clear line; the traceback is for bugs, not for bad input.
+        print(f"fastwds: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Dataset-level index files. Per-shard indexes (Energon ``.tar.idx``, DALI ``.idx``) are written
+by the Rust writer when a shard is finished; the wids index spans all shards, so it is written once
+the shard records of every task are known."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from fastwds._core import ShardRecord
+
+WIDS_KIND = "wids-shard-index-v1"
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name, so readers never see half a file."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def wids_index(records: Iterable[ShardRecord], index_path: str | os.PathLike, name: str) -> dict:
+    """The wids shard index for ``records``; shard urls are relative to the index file's folder,
+    which is how wids resolves them."""
+    base = Path(index_path).resolve().parent
+    shardlist = [
+        {
+            "url": os.path.relpath(Path(r.path).resolve(), base),
+            "nsamples": r.num_samples,
+            "filesize": r.size,
+        }
+        for r in records
+    ]
+    return {"__kind__": WIDS_KIND, "wids_version": 1, "name": name, "shardlist": shardlist}
+
+
+def write_wids_index(records: Iterable[ShardRecord], index_path: str | os.PathLike, name: str) -> dict:
+    index = wids_index(records, index_path, name)
+    write_text_atomically(index_path, json.dumps(index, indent=2) + "\n")
+    return index

@@ -1,0 +1,45 @@
+"""Property tests: any ids and payloads round-trip through tarfile, keys stay portable and unique."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastwds
+from conftest import read_members
+
+# The key/extension split of webdataset, Energon and HF datasets (COMPAT.md).
+READER_SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+@given(st.text(max_size=400))
+def test_keys_are_portable(sample_id):
+    key = fastwds.portable_key(sample_id)
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}", key)
+    assert key == fastwds.portable_key(sample_id)
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}", sample_id) and not re.search(r"--[0-9a-f]{16}$", sample_id):
+        assert key == sample_id
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.text(max_size=120), st.binary(max_size=2000), st.binary(max_size=600)),
+             max_size=12, unique_by=lambda t: t[0]),
+)
+def test_any_ids_and_payloads_round_trip(samples):
+    with tempfile.TemporaryDirectory() as tmp:
+        with fastwds.ShardWriter(str(Path(tmp) / "s-%03d.tar"), maxsize=8192, fsync=False) as writer:
+            keys = [writer.write({"__key__": i, "bin": a, "0.dat": b}) for i, a, b in samples]
+        assert len(set(keys)) == len(samples)
+        read = []
+        for record in writer.records:
+            for m in read_members(record.path):
+                key, ext = READER_SPLIT.match(m.name).groups()
+                assert len(m.name) <= 100 and m.name.isascii()
+                read.append((key, ext, m.data))
+        expected = [(k, ext, data) for k, (_, a, b) in zip(keys, samples) for ext, data in (("0.dat", b), ("bin", a))]
+        assert read == expected
