@@ -7,6 +7,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 
 use crate::error::Error;
 use crate::key;
+use crate::media;
 use crate::shard::{Member, Options, ShardRecord, ShardSink};
 
 create_exception!(_core, SampleError, PyValueError, "A sample cannot be written as given; `sample_id` names it.");
@@ -182,6 +183,21 @@ impl PyShardSink {
     }
 }
 
+/// Check encoded images without decoding them. For each: `("ok", format, width, height)` or
+/// `(reason_code, message, 0, 0)`; `None` counts as an empty image.
+#[pyfunction]
+fn inspect_images(py: Python<'_>, images: Vec<Option<PyBackedBytes>>) -> Vec<(&'static str, String, u32, u32)> {
+    py.detach(|| {
+        images
+            .iter()
+            .map(|image| match media::inspect_image(image.as_deref().unwrap_or_default()) {
+                Ok(info) => ("ok", info.format.name().to_string(), info.width, info.height),
+                Err(problem) => (problem.code(), problem.to_string(), 0, 0),
+            })
+            .collect()
+    })
+}
+
 /// The key a sample with this id is written under.
 #[pyfunction]
 fn portable_key(sample_id: &str) -> String {
@@ -196,6 +212,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyShardSink>()?;
     m.add_class::<PyShardRecord>()?;
     m.add_function(wrap_pyfunction!(portable_key, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect_images, m)?)?;
     m.add("SampleError", py.get_type::<SampleError>())?;
     m.add("DuplicateKeyError", py.get_type::<DuplicateKeyError>())?;
     m.add("ShardPatternError", py.get_type::<ShardPatternError>())?;

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod index;
 pub mod key;
+pub mod media;
 pub mod shard;
 pub mod tar;
 

@@ -70,7 +70,7 @@ def test_write_after_close_is_refused(tmp_path):
         writer.write({"__key__": "b", "txt": "2"})
 
 
-@pytest.mark.parametrize("pattern", ["s.tar", "s-%06d.tgz", "s-%s.tar", "s-%6d.tar"])
+@pytest.mark.parametrize("pattern", ["s-%06d.tar.gz", "s-%06d.tgz", "s-%s.tar", "s-%6d.tar", ".tar"])
 def test_bad_patterns(tmp_path, pattern):
     with pytest.raises(fastwds.ShardPatternError):
         fastwds.ShardWriter(str(tmp_path / pattern))

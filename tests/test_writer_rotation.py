@@ -66,3 +66,10 @@ def test_next_shard_forces_rotation_without_empty_shards(tmp_path):
         writer.next_shard()
         writer.write({"__key__": "b", "txt": "2"})
     assert [r.name for r in writer.records] == ["s-7.tar", "s-8.tar"]
+
+
+def test_single_shard_pattern_spills_with_suffixes(tmp_path):
+    with fastwds.ShardWriter(str(tmp_path / "task-000004.tar"), maxsize=4096, fsync=False) as writer:
+        for i in range(5):
+            writer.write({"__key__": f"k{i}", "bin": b"x" * 1024})
+    assert [r.name for r in writer.records] == ["task-000004.tar", "task-000004-1.tar", "task-000004-2.tar"]
