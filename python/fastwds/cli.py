@@ -13,6 +13,7 @@ from fastwds.errors import FastwdsError
 
 def build_parser() -> argparse.ArgumentParser:
     from fastwds.bench import cli as bench_cli
+    from fastwds.convert import cli as convert_cli
 
     parser = argparse.ArgumentParser(
         prog="fastwds",
@@ -20,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fastwds {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    convert = commands.add_parser("convert", help="convert a dataset into WebDataset shards")
+    convert_cli.add_arguments(convert)
     bench = commands.add_parser("bench", help="measure fastwds against the alternatives on this machine")
     bench_cli.add_arguments(bench)
     bench.set_defaults(run=bench_cli.run)

@@ -22,22 +22,21 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     os.replace(partial, path)
 
 
-def wids_index(records: Iterable[ShardRecord], index_path: str | os.PathLike, name: str) -> dict:
-    """The wids shard index for ``records``; shard urls are relative to the index file's folder,
-    which is how wids resolves them."""
+def wids_index(shards: Iterable[ShardRecord | tuple[str, int, int]], index_path: str | os.PathLike,
+               name: str) -> dict:
+    """The wids shard index. ``shards`` are writer records or ``(path, nsamples, filesize)``
+    tuples; urls are written relative to the index file's folder, which is how wids resolves them."""
     base = Path(index_path).resolve().parent
-    shardlist = [
-        {
-            "url": os.path.relpath(Path(r.path).resolve(), base),
-            "nsamples": r.num_samples,
-            "filesize": r.size,
-        }
-        for r in records
-    ]
+    shardlist = []
+    for shard in shards:
+        path, nsamples, filesize = (shard.path, shard.num_samples, shard.size) if isinstance(shard, ShardRecord) else shard
+        url = os.path.relpath((base / path).resolve(), base)
+        shardlist.append({"url": url, "nsamples": nsamples, "filesize": filesize})
     return {"__kind__": WIDS_KIND, "wids_version": 1, "name": name, "shardlist": shardlist}
 
 
-def write_wids_index(records: Iterable[ShardRecord], index_path: str | os.PathLike, name: str) -> dict:
-    index = wids_index(records, index_path, name)
+def write_wids_index(shards: Iterable[ShardRecord | tuple[str, int, int]], index_path: str | os.PathLike,
+                     name: str) -> dict:
+    index = wids_index(shards, index_path, name)
     write_text_atomically(index_path, json.dumps(index, indent=2) + "\n")
     return index

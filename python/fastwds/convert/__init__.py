@@ -1,0 +1,1 @@
+"""Converters: plan (input -> independent shard tasks), pipeline (one task), run (all tasks)."""

@@ -1,0 +1,37 @@
+"""Conversion options. ``output_options()`` are the ones that change the bytes written: a resumed
+run must use the same ones (the others, like worker counts, may change between runs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from fastwds.sources.parquet import ParquetColumns
+
+ON_INVALID = ("skip", "keep", "fail")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    max_samples_per_shard: int = 10_000
+    max_shard_bytes: int = 3_000_000_000
+    on_invalid: Literal["skip", "keep", "fail"] = "skip"
+    verify_images: Literal["fast", "full"] = "fast"
+    reencode: Literal["jpeg"] | None = None
+    quality: int = 90
+    max_side: int | None = None
+    dali_index: bool = False
+    energon_index: bool = False
+    columns: ParquetColumns = field(default_factory=ParquetColumns)
+    limit: int | None = None
+    # Execution only: these do not change the output.
+    num_workers: int = 1
+    image_threads: int = 2
+    batch_rows: int = 256
+    fsync: bool = True
+
+    def output_options(self) -> dict[str, Any]:
+        options = asdict(self)
+        for execution_only in ("num_workers", "image_threads", "batch_rows", "fsync"):
+            options.pop(execution_only)
+        return options

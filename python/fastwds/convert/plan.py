@@ -1,0 +1,138 @@
+"""Shard tasks: the unit of work. A task names one shard and the input rows that go into it; it
+depends on no other task, so tasks can run in any order, on any worker or machine, and a resumed
+run only runs the tasks that have no completion record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import polars as pl
+
+from fastwds import _core
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    """Rows ``[start, stop)`` of one input file (path relative to the input root)."""
+
+    file: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Task:
+    subset: str
+    number: int
+    slices: tuple[RowSlice, ...]
+    # Rows of this task known to be rejected before reading them (duplicate ids, found at plan
+    # time across the whole dataset): (row offset within the task, reason, detail).
+    rejected: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.subset}-{self.number:06d}"
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.stop - s.start for s in self.slices)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """What the input fingerprint is made of: a changed file means a different input."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    input_root: str
+    files: tuple[SourceFile, ...]
+    tasks: tuple[Task, ...] = field(default_factory=tuple)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.num_rows for t in self.tasks)
+
+    def fingerprint(self) -> str:
+        """Hash of the input files (paths, sizes, mtimes, rows) and of the task cut."""
+        payload = json.dumps([[asdict(f) for f in self.files], [asdict(t) for t in self.tasks]], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group, from file metadata only: where its rows are and their estimated bytes."""
+
+    file: str
+    first_row: int  # row number of its first row within the file
+    rows: int
+    bytes: int
+
+
+def cut_tasks(subset: str, groups: Sequence[RowGroup], max_rows: int, max_bytes: int) -> list[Task]:
+    """Cut the subset's rows, in order, into tasks of at most ``max_rows`` rows and, by the row
+    groups' average row size, at most ``max_bytes``. Tasks may span files. The byte estimate keeps
+    spill shards rare; the writer's hard cap still holds if a task's rows turn out larger."""
+    tasks: list[Task] = []
+    slices: list[RowSlice] = []
+    rows, size = 0, 0.0
+
+    def close_task() -> None:
+        nonlocal slices, rows, size
+        tasks.append(Task(subset, len(tasks), tuple(slices)))
+        slices, rows, size = [], 0, 0.0
+
+    for group in groups:
+        per_row = group.bytes / group.rows if group.rows else 0.0
+        done = 0
+        while done < group.rows:
+            room = max_rows - rows
+            if per_row > 0:
+                room = min(room, int((max_bytes - size) // per_row))
+            if room <= 0 and rows > 0:
+                close_task()
+                continue
+            take = min(max(room, 1), group.rows - done)  # a row over the cap still gets a task
+            start = group.first_row + done
+            if slices and slices[-1].file == group.file and slices[-1].stop == start:
+                slices[-1] = RowSlice(group.file, slices[-1].start, start + take)
+            else:
+                slices.append(RowSlice(group.file, start, start + take))
+            rows, size, done = rows + take, size + take * per_row, done + take
+            if rows >= max_rows:
+                close_task()
+    if slices:
+        close_task()
+    return tasks
+
+
+def find_repeated_keys(ids: pl.Series) -> dict[int, tuple[str, str, int]]:
+    """Rows (by position in ``ids``) whose shard key an earlier row already has:
+    ``{position: (reason, detail, position of the first row)}``. The same id again is
+    ``duplicate_id``; a different id with the same key is ``key_collision``. Vectorised in polars,
+    so a few million ids cost tens of MB, not a Python dict per id."""
+    frame = pl.DataFrame({"id": ids.cast(pl.String)}).with_row_index("position").filter(
+        pl.col("id").is_not_null() & (pl.col("id") != ""))
+    frame = frame.with_columns(key=pl.col("id").map_elements(_core.portable_key, return_dtype=pl.String))
+    repeated = frame.with_columns(
+        first_position=pl.col("position").min().over("key"),
+        first_id=pl.col("id").first().over("key", order_by="position"),
+    ).filter(pl.col("position") != pl.col("first_position"))
+    result = {}
+    for position, sample_id, key, first_position, first_id in repeated.select(
+            "position", "id", "key", "first_position", "first_id").iter_rows():
+        if sample_id == first_id:
+            result[position] = ("duplicate_id", f"id {sample_id!r} already used", first_position)
+        else:
+            result[position] = ("key_collision", f"id {sample_id!r} maps to key {key!r} of id {first_id!r}",
+                                first_position)
+    return result

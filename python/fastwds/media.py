@@ -1,0 +1,76 @@
+"""Image checks and re-encoding.
+
+The default ("fast") check runs in Rust without decoding pixels: format by magic bytes,
+dimensions from the header, truncation by the end marker. ``decode_problem`` fully decodes with
+Pillow (``--verify-images full``) and ``reencode_jpeg`` re-encodes. pillow-simd installs under the
+same ``PIL`` name, so it is used automatically when it is the installed Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from fastwds import _core
+
+# Decompression-bomb protection stays on; a bomb is reported as a decode failure.
+Image.MAX_IMAGE_PIXELS = 300_000_000
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # "jpeg", "png", ...
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self.format == "jpeg" else self.format
+
+
+@dataclass(frozen=True)
+class ImageProblem:
+    reason: str  # stable code, e.g. "image_truncated"
+    detail: str
+
+
+def inspect_images(images: list[bytes | None]) -> list[ImageInfo | ImageProblem]:
+    """Fast checks of many images in one call (Rust, GIL released)."""
+    return [
+        ImageInfo(detail, width, height) if status == "ok" else ImageProblem(status, detail)
+        for status, detail, width, height in _core.inspect_images(images)
+    ]
+
+
+def decode_problem(data: bytes) -> ImageProblem | None:
+    """Decode every pixel with Pillow; the problem if that fails. Pillow releases the GIL while
+    decoding, so callers run this in threads."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+    except Exception as error:  # Pillow raises many types for corrupt data: all mean "cannot decode"
+        return ImageProblem("image_decode_failed", f"Pillow cannot decode the image: {error}")
+    return None
+
+
+def reencode_jpeg(data: bytes, quality: int, max_side: int | None) -> tuple[bytes, ImageInfo]:
+    """Re-encode as baseline JPEG: EXIF orientation applied, CMYK/palette/16-bit converted,
+    transparency flattened onto white (JPEG has no alpha), longest side capped at ``max_side``."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            image = Image.new("RGB", rgba.size, (255, 255, 255))
+            image.paste(rgba, mask=rgba.getchannel("A"))
+        elif image.mode != "RGB" and image.mode != "L":
+            image = image.convert("RGB")
+        if max_side and max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=quality)
+        return out.getvalue(), ImageInfo("jpeg", image.width, image.height)

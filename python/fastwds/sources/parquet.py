@@ -1,0 +1,161 @@
+"""Multimodal instruct parquet (LLaVA style): ``id``, ``image`` {bytes, path} or an ``images``
+list, ``conversations`` [{role, content}] or [{from, value}], ``data_source``.
+
+Every folder under the input root holding parquet files is a subset with its own shards; files at
+the top form a subset named after the root. Planning reads only metadata and the id column.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
+from fastwds.errors import InvalidInputError
+from fastwds.sources.base import RowBatch
+
+
+@dataclass(frozen=True)
+class ParquetColumns:
+    id: str = "id"
+    image: str = "image"
+    images: str = "images"
+    conversations: str = "conversations"
+    data_source: str = "data_source"
+
+
+def subset_name(relative_dir: str, root: Path) -> str:
+    """A file-name-safe subset name: the folder path with '/' as '__'; the root's own files are
+    named after the root folder."""
+    raw = relative_dir.replace(os.sep, "__") if relative_dir not in ("", ".") else root.resolve().name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or "data"
+
+
+def discover_subsets(root: Path) -> dict[str, list[str]]:
+    """``{subset: [parquet files relative to root, sorted]}``, subsets sorted by name."""
+    if not root.is_dir():
+        raise InvalidInputError(f"{root}: input directory not found")
+    found: dict[str, tuple[str, list[str]]] = {}
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        files = sorted(f for f in filenames if f.endswith(".parquet") and not f.startswith("."))
+        if not files:
+            continue
+        relative = os.path.relpath(directory, root)
+        name = subset_name(relative, root)
+        if name in found:
+            raise InvalidInputError(f"folders {found[name][0]!r} and {relative!r} both become subset "
+                                    f"{name!r}; rename one of them")
+        found[name] = (relative, [os.path.normpath(os.path.join(relative, f)) for f in files])
+    if not found:
+        raise InvalidInputError(f"{root}: no .parquet files found (searched all subfolders)")
+    return {name: files for name, (_, files) in sorted(found.items())}
+
+
+def check_schema(path: Path, schema: pq.ParquetSchema, columns: ParquetColumns) -> None:
+    names = schema.to_arrow_schema().names
+    for required in (columns.id, columns.conversations):
+        if required not in names:
+            raise InvalidInputError(f"{path}: no column {required!r} (columns: {', '.join(names)}); "
+                                    f"name it with --{'id' if required == columns.id else 'conversations'}-column")
+
+
+def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int, max_bytes: int,
+                 limit: int | None = None) -> Plan:
+    """Tasks for every subset, from parquet metadata; duplicate ids across the whole dataset are
+    found from the id column alone and attached to the tasks that hold them."""
+    root = Path(root)
+    files: list[SourceFile] = []
+    tasks: list[Task] = []
+    id_series: list[pl.Series] = []
+    remaining = limit
+    for subset, paths in discover_subsets(root).items():
+        groups: list[RowGroup] = []
+        for relative in paths:
+            path = root / relative
+            try:
+                metadata = pq.read_metadata(path)
+            except Exception as error:  # pyarrow raises ArrowInvalid/OSError for damaged files
+                raise InvalidInputError(f"{path}: not a readable parquet file: {error}") from error
+            check_schema(path, metadata.schema, columns)
+            stat = path.stat()
+            files.append(SourceFile(relative, stat.st_size, stat.st_mtime_ns, metadata.num_rows))
+            first = 0
+            for i in range(metadata.num_row_groups):
+                group = metadata.row_group(i)
+                rows = group.num_rows if remaining is None else min(group.num_rows, remaining)
+                if rows:
+                    groups.append(RowGroup(relative, first, rows, group.total_byte_size * rows // max(group.num_rows, 1)))
+                    if remaining is not None:
+                        remaining -= rows
+                first += group.num_rows
+            taken = sum(g.rows for g in groups if g.file == relative)
+            if taken:
+                id_series.append(pl.scan_parquet(path).select(pl.col(columns.id).cast(pl.String)).head(taken)
+                                 .collect().to_series())
+        tasks.extend(cut_tasks(subset, groups, max_rows, max_bytes))
+    return Plan("parquet", str(root.resolve()), tuple(files), attach_rejections(tasks, id_series))
+
+
+def attach_rejections(tasks: list[Task], id_series: list[pl.Series]) -> tuple[Task, ...]:
+    """Give each task the rows of it that repeat an earlier key (ids in task order)."""
+    if not id_series:
+        return tuple(tasks)
+    repeated = find_repeated_keys(pl.concat(id_series))
+    if not repeated:
+        return tuple(tasks)
+    located, start = [], 0
+    bounds = []
+    for task in tasks:
+        bounds.append((start, task))
+        start += task.num_rows
+    for task_start, task in bounds:
+        rows = tuple((p - task_start, reason, detail) for p, (reason, detail, _) in sorted(repeated.items())
+                     if task_start <= p < task_start + task.num_rows)
+        located.append(Task(task.subset, task.number, task.slices, rows) if rows else task)
+    return tuple(located)
+
+
+def _image_bytes(series: pl.Series) -> list[bytes | None]:
+    """Image column values as bytes: a {bytes, path} struct or plain binary."""
+    if isinstance(series.dtype, pl.Struct):
+        return series.struct.field("bytes").to_list()
+    return series.to_list()
+
+
+def _image_lists(series: pl.Series) -> list[list[bytes | None] | None]:
+    if isinstance(series.dtype, pl.List) and isinstance(series.dtype.inner, pl.Struct):
+        return [None if v is None else [item["bytes"] if item else None for item in v] for v in series.to_list()]
+    return series.to_list()
+
+
+def read_task(root: str, task: Task, columns: ParquetColumns, batch_rows: int = 256) -> Iterator[RowBatch]:
+    """Stream the task's rows in batches of at most ``batch_rows`` rows, never holding more."""
+    for piece in task.slices:
+        path = Path(root) / piece.file
+        frame = pl.scan_parquet(path)
+        names = frame.collect_schema().names()
+        wanted = [c for c in (columns.id, columns.conversations, columns.image, columns.images,
+                              columns.data_source) if c in names]
+        for start in range(piece.start, piece.stop, batch_rows):
+            rows = frame.select(wanted).slice(start, min(batch_rows, piece.stop - start)).collect()
+            yield to_batch(piece.file, start, rows, columns)
+
+
+def to_batch(file: str, first_row: int, rows: pl.DataFrame, columns: ParquetColumns) -> RowBatch:
+    n = rows.height
+    ids = [None if v is None else str(v) for v in rows[columns.id].to_list()]
+    single = _image_bytes(rows[columns.image]) if columns.image in rows.columns else [None] * n
+    several = _image_lists(rows[columns.images]) if columns.images in rows.columns else [None] * n
+    # A row's images: the list column when it has one, else the single image, else none.
+    images = [list(many) if many is not None else ([one] if one is not None else [])
+              for one, many in zip(single, several)]
+    sources = rows[columns.data_source].to_list() if columns.data_source in rows.columns else [None] * n
+    return RowBatch(file, first_row, ids, rows[columns.conversations].to_list(), images,
+                    [{"data_source": s} for s in sources])
