@@ -1,0 +1,45 @@
+"""``fastwds bench BENCHMARK``: every benchmark is a subcommand listed in ``SUBCOMMANDS``.
+
+A benchmark module provides ``add_arguments(parser)`` for its own options and ``run(args) -> int``;
+the options every benchmark shares (``--repeat``, ``--json``, ``--dir``) are added here, so
+``run`` finds them on ``args`` and passes them to ``harness.run_suite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import NamedTuple
+
+from fastwds.bench import write
+from fastwds.bench.harness import positive
+
+
+class Subcommand(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "write": Subcommand(write.HELP, write.add_arguments, write.run),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, command in SUBCOMMANDS.items():
+        sub = benchmarks.add_parser(name, help=command.help, description=command.help)
+        sub.add_argument("--repeat", type=positive(int), default=3, metavar="N",
+                         help="timed repetitions after one warm-up round (default: %(default)s)")
+        sub.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
+        sub.add_argument("--dir", metavar="DIR",
+                         help="where the temporary output goes (default: the system temp dir); "
+                              "use the disk you will write shards to")
+        command.add_arguments(sub)
+        # Not "run": the top-level parser already sets that to this module's run().
+        sub.set_defaults(bench_run=command.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.bench_run(args)
