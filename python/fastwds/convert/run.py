@@ -84,8 +84,6 @@ def _init_worker(progress_queue: Any, polars_threads: int) -> None:
     global _progress_queue
     _progress_queue = progress_queue
     os.environ.setdefault("POLARS_MAX_THREADS", str(polars_threads))
-    # Ctrl-C is the parent's to handle: it stops the workers and cleans up after them.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _execute_in_worker(args: tuple) -> dict[str, Any]:
@@ -151,7 +149,13 @@ def run_tasks(tasks: list[Task], plan: Plan, options: ConvertOptions, output_dir
     progress_queue = context.Queue()
     workers = min(options.num_workers, len(tasks))
     polars_threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = context.Pool(workers, initializer=_init_worker, initargs=(progress_queue, polars_threads))
+    # Ctrl-C is the parent's to handle: it stops the workers and cleans up after them. Workers
+    # start with SIGINT ignored (inherited through exec), so none can die mid-start-up either.
+    parent_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(progress_queue, polars_threads))
+    finally:
+        signal.signal(signal.SIGINT, parent_handler)
     try:
         results = pool.imap_unordered(_execute_in_worker, jobs)
         remaining = len(jobs)

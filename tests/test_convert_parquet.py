@@ -1,0 +1,241 @@
+"""`fastwds convert parquet` end to end, through the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import jpeg_bytes, read_members, read_webdataset
+from parquet_data import rgb_image, rows, turns, write_rows
+
+import fastwds
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "fastwds", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def handmade(tmp_path_factory) -> Path:
+    """The hand-made rows split over a top-level file and a nested subset folder."""
+    root = tmp_path_factory.mktemp("handmade")
+    data = rows()
+    write_rows(root / "top.parquet", data[:11])
+    write_rows(root / "nested" / "deeper" / "part-0.parquet", data[11:])
+    return root
+
+
+def shard_samples(output: Path) -> dict[str, dict]:
+    """id -> {member ext: bytes} over every shard, via webdataset; each id must arrive once."""
+    manifest = json.loads((output / "manifest.json").read_text())
+    urls = [str(output / s["name"]) for s in manifest["shards"]]
+    samples = {}
+    for sample in read_webdataset(urls):
+        document = json.loads(sample["json"])
+        assert document["id"] not in samples, f"{document['id']} written twice"
+        samples[document["id"]] = sample
+    return samples
+
+
+def test_every_reason_is_named_and_every_valid_row_arrives_once(handmade, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("convert", "parquet", str(handmade), str(out), "--max-samples-per-shard", "4", "--json")
+    summary = json.loads(result.stdout)
+    expected = {r[0] if r[0] is not None else None: r[4] for r in rows()}
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert Counter(r["reason"] for r in rejects) == Counter(r[4] for r in rows() if r[4])
+    for reject in rejects:
+        assert reject["action"] == "skipped" and reject["file"].endswith(".parquet")
+        assert {"subset", "row", "id", "detail"} <= reject.keys()
+    assert summary["invalid_by_reason"] == dict(Counter(r[4] for r in rows() if r[4]))
+    samples = shard_samples(out)
+    valid = [r for r in rows() if r[4] is None]
+    assert sorted(samples) == sorted(r[0] for r in valid)
+    for sample_id, image, images, _, _ in valid:
+        sample = samples[sample_id]
+        document = json.loads(sample["json"])
+        expected_images = images or ([image] if image is not None else [])
+        members = [m["member"] for m in document["images"]]
+        assert [sample[m] for m in members] == expected_images, sample_id
+        assert all(turn.keys() == {"role", "content"} for turn in document["conversations"])
+        assert document["data_source"] == "handmade"
+    assert samples["multi"]["__key__"] == "multi"
+    assert [m["member"] for m in json.loads(samples["multi"]["json"])["images"]] == ["0.jpg", "1.png", "2.jpg"]
+    assert json.loads(samples["llava.spelling/1"]["json"])["conversations"][0]["role"] == "user"
+    assert json.loads(samples["plain"]["json"])["images"][0] == {"member": "jpg", "format": "jpeg",
+                                                                 "width": 64, "height": 48}
+    # Subsets: the top-level files are named after the input folder, nested ones by their path.
+    names = [s["name"] for s in json.loads((out / "manifest.json").read_text())["shards"]]
+    assert any(n.startswith("nested__deeper-") for n in names)
+    assert any(n.startswith(handmade.name + "-") for n in names)
+
+
+def test_tarfile_reads_every_shard_and_indexes_exist(handmade, tmp_path):
+    out = tmp_path / "out"
+    run_cli("convert", "parquet", str(handmade), str(out), "--dali-index", "--no-progress")
+    manifest = json.loads((out / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            assert len({m.name.split(".")[0] for m in tar.getmembers()}) == shard["samples"]
+        assert (out / shard["name"].replace(".tar", ".idx")).read_text().startswith(f"v1.2 {shard['samples']}")
+    wids_index = json.loads((out / "index.wids.json").read_text())
+    assert [s["url"] for s in wids_index["shardlist"]] == [s["name"] for s in manifest["shards"]]
+
+
+def test_full_verification_decodes_images(handmade, tmp_path):
+    out = tmp_path / "out"
+    summary = json.loads(run_cli("convert", "parquet", str(handmade), str(out), "--verify-images", "full",
+                                 "--json").stdout)
+    assert summary["invalid_by_reason"]["image_decode_failed"] == 1
+    assert "corrupt-pixels" not in shard_samples(out)
+
+
+def test_keep_writes_invalid_rows_flagged(handmade, tmp_path):
+    out = tmp_path / "out"
+    run_cli("convert", "parquet", str(handmade), str(out), "--on-invalid", "keep", "--no-progress")
+    samples = shard_samples(out)
+    flagged = json.loads(samples["images-no-tokens"]["json"])
+    assert flagged["invalid"]["reason"] == "image_token_mismatch"
+    assert None not in samples and "missing_id" not in samples  # rows without a usable key still skipped
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert {r["action"] for r in rejects if r["reason"] == "missing_id"} == {"skipped"}
+    assert {r["action"] for r in rejects if r["reason"] == "bad_role"} == {"kept"}
+
+
+def test_fail_stops_with_a_clear_error_and_no_finished_shard_for_the_task(handmade, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("convert", "parquet", str(handmade), str(out), "--no-skip-invalid", "--num-workers", "1",
+                     check=False)
+    assert result.returncode == 1
+    assert "row" in result.stderr and "duplicate_id" in result.stderr or "no_conversation" in result.stderr
+    assert not list(out.glob("*.partial"))
+    assert not (out / "manifest.json").exists()
+
+
+def test_same_shards_for_any_worker_count(handmade, tmp_path):
+    one = json.loads(run_cli("convert", "parquet", str(handmade), str(tmp_path / "a"), "--num-workers", "1",
+                             "--max-samples-per-shard", "3", "--no-progress", "--json").stdout)
+    two = json.loads(run_cli("convert", "parquet", str(handmade), str(tmp_path / "b"), "--num-workers", "2",
+                             "--max-samples-per-shard", "3", "--no-progress", "--json").stdout)
+    shards = lambda d: [(s["name"], s["sha256"]) for s in json.loads((d / "manifest.json").read_text())["shards"]]
+    assert one["shards"] == two["shards"] and len(one["shards"]) > 2
+    assert shards(tmp_path / "a") == shards(tmp_path / "b")
+
+
+def test_rerun_refuses_then_resume_is_a_noop_and_changes_are_refused(handmade, tmp_path):
+    out = tmp_path / "out"
+    run_cli("convert", "parquet", str(handmade), str(out), "--no-progress")
+    before = json.loads((out / "manifest.json").read_text())["shards"]
+    again = run_cli("convert", "parquet", str(handmade), str(out), check=False)
+    assert again.returncode == 1 and "--resume" in again.stderr
+    resumed = json.loads(run_cli("convert", "parquet", str(handmade), str(out), "--resume", "--json").stdout)
+    assert resumed["resumed"] and json.loads((out / "manifest.json").read_text())["shards"] == before
+    changed = run_cli("convert", "parquet", str(handmade), str(out), "--resume", "--max-samples-per-shard", "2",
+                      check=False)
+    assert changed.returncode == 1 and "max_samples_per_shard" in changed.stderr
+    fresh = run_cli("convert", "parquet", str(handmade), str(out), "--overwrite", "--max-samples-per-shard", "2",
+                    "--json")
+    assert not json.loads(fresh.stdout)["resumed"]
+
+
+def test_resume_refuses_changed_input(tmp_path):
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", rows()[:3])
+    out = tmp_path / "out"
+    run_cli("convert", "parquet", str(data), str(out), "--no-progress")
+    write_rows(data / "b.parquet", rows()[3:5])
+    result = run_cli("convert", "parquet", str(data), str(out), "--resume", check=False)
+    assert result.returncode == 1 and "input changed" in result.stderr
+
+
+def test_clear_errors_for_bad_input(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("convert", "parquet", str(empty), str(tmp_path / "o"), check=False)
+    assert result.returncode == 1 and "no .parquet files" in result.stderr
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", rows()[:2])
+    result = run_cli("convert", "parquet", str(data), str(tmp_path / "o"), "--id-column", "sample_id", check=False)
+    assert result.returncode == 1
+    assert "a.parquet" in result.stderr and "'sample_id'" in result.stderr and "conversations" in result.stderr
+    result = run_cli("convert", "parquet", "--input_dir", str(data), check=False)
+    assert result.returncode == 1 and "OUTPUT_DIR is required" in result.stderr
+
+
+def test_seed_flag_spellings(tmp_path):
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", rows()[:6])
+    out = tmp_path / "out"
+    result = run_cli("convert", "parquet", "--input_dir", str(data), "--output_dir", str(out),
+                     "--max_samples_per_shard", "2", "--num_workers", "1", "--skip_invalid", "--log_level", "info",
+                     "--max-shard-size", "50MB")
+    assert "total rows" in result.stdout and "samples written" in result.stdout
+    assert len(list(out.glob("*.tar"))) == 3
+
+
+def test_progress_lines_when_not_a_terminal(tmp_path):
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", rows()[:6])
+    result = run_cli("convert", "parquet", str(data), str(tmp_path / "out"), "--num-workers", "1")
+    assert "rows (100%)" in result.stderr and "\r" not in result.stderr
+
+
+def test_reencode_handles_cmyk_palette_alpha_and_orientation(tmp_path):
+    images = {
+        "cmyk": rgb_image("CMYK"),
+        "palette": rgb_image("P"),
+        "alpha": rgb_image("RGBA"),
+        "rotated": rgb_image("RGB", size=(40, 30), exif_orientation=6),  # 90 degrees: 30x40 upright
+    }
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", [(k, v, None, turns("<image>"), None) for k, v in images.items()])
+    out = tmp_path / "out"
+    run_cli("convert", "parquet", str(data), str(out), "--reencode", "jpeg", "--quality", "80", "--no-progress")
+    samples = shard_samples(out)
+    for sample_id in images:
+        decoded = Image.open(io.BytesIO(samples[sample_id]["jpg"]))
+        assert decoded.format == "JPEG" and decoded.mode in ("RGB", "L")
+        info = json.loads(samples[sample_id]["json"])["images"][0]
+        assert (info["width"], info["height"]) == decoded.size
+    assert Image.open(io.BytesIO(samples["rotated"]["jpg"])).size == (30, 40)
+    assert Image.open(io.BytesIO(samples["alpha"]["jpg"])).getpixel((0, 0)) is not None
+    out_small = tmp_path / "small"
+    run_cli("convert", "parquet", str(data), str(out_small), "--reencode", "jpeg", "--max-side", "16",
+            "--no-progress")
+    assert max(Image.open(io.BytesIO(shard_samples(out_small)["cmyk"]["jpg"])).size) == 16
+
+
+def test_passthrough_keeps_original_bytes(tmp_path):
+    jpg = jpeg_bytes(seed=9)
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", [("x", jpg, None, turns("<image>"), None)])
+    out = tmp_path / "out"
+    run_cli("convert", "parquet", str(data), str(out), "--no-progress")
+    [member] = [m for m in read_members(next(out.glob("*.tar"))) if m.name.endswith(".jpg")]
+    assert member.data == jpg
+
+
+def test_library_api(tmp_path):
+    from fastwds.convert.options import ConvertOptions
+    from fastwds.convert.run import convert
+    from fastwds.sources.parquet import ParquetColumns, plan_parquet
+
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", rows()[:8])
+    plan = plan_parquet(data, ParquetColumns(), max_rows=3, max_bytes=10**9)
+    manifest = convert(plan, tmp_path / "out", ConvertOptions(max_samples_per_shard=3, fsync=False),
+                       command="test", show_progress=False)
+    assert manifest["totals"]["rows"] == 8 and manifest["totals"]["samples"] == 7
+    with pytest.raises(fastwds.InvalidInputError):
+        convert(plan, tmp_path / "out", ConvertOptions(max_samples_per_shard=3), command="test")
