@@ -234,8 +234,8 @@ def test_library_api(tmp_path):
     data = tmp_path / "data"
     write_rows(data / "a.parquet", rows()[:8])
     plan = plan_parquet(data, ParquetColumns(), max_rows=3, max_bytes=10**9)
-    manifest = convert(plan, tmp_path / "out", ConvertOptions(max_samples_per_shard=3, fsync=False),
+    manifest = convert(plan, tmp_path / "out", ConvertOptions(max_samples_per_shard=3, fsync=False, source_options=ParquetColumns()),
                        command="test", show_progress=False)
     assert manifest["totals"]["rows"] == 8 and manifest["totals"]["samples"] == 7
     with pytest.raises(fastwds.InvalidInputError):
-        convert(plan, tmp_path / "out", ConvertOptions(max_samples_per_shard=3), command="test")
+        convert(plan, tmp_path / "out", ConvertOptions(max_samples_per_shard=3, source_options=ParquetColumns()), command="test")

@@ -74,7 +74,8 @@ def add_parquet_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
 
 
-def options_from(args: argparse.Namespace, columns: ParquetColumns | None = None) -> ConvertOptions:
+def options_from(args: argparse.Namespace, source_options: Any) -> ConvertOptions:
+    """The options every source shares, from the common arguments."""
     if args.max_samples_per_shard < 1:
         raise InvalidInputError("--max-samples-per-shard must be at least 1")
     return ConvertOptions(
@@ -86,7 +87,7 @@ def options_from(args: argparse.Namespace, columns: ParquetColumns | None = None
         quality=args.quality,
         max_side=args.max_side,
         dali_index=args.dali_index,
-        columns=columns or ParquetColumns(),
+        source_options=source_options,
         limit=args.limit,
         num_workers=max(1, args.num_workers),
         fsync=not args.no_fsync,

@@ -3,10 +3,8 @@ run must use the same ones (the others, like worker counts, may change between r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
-
-from fastwds.sources.parquet import ParquetColumns
 
 ON_INVALID = ("skip", "keep", "fail")
 
@@ -22,7 +20,8 @@ class ConvertOptions:
     max_side: int | None = None
     dali_index: bool = False
     energon_index: bool = False
-    columns: ParquetColumns = field(default_factory=ParquetColumns)
+    # The source's own options (a frozen dataclass: ParquetColumns, NpzOptions, ...).
+    source_options: Any = None
     limit: int | None = None
     # Execution only: these do not change the output.
     num_workers: int = 1

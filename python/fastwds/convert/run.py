@@ -9,6 +9,7 @@ without one, after deleting whatever that task left behind.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import multiprocessing
@@ -18,6 +19,7 @@ import re
 import shutil
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,6 @@ from fastwds.errors import FastwdsError, InvalidInputError, ResumeMismatchError
 from fastwds.indexes import write_text_atomically, write_wids_index
 from fastwds.manifest import MANIFEST_NAME, build_manifest, write_manifest
 from fastwds.progress import ProgressReporter
-from fastwds.sources.parquet import read_task
 
 log = logging.getLogger("fastwds")
 
@@ -55,12 +56,21 @@ def remove_task_outputs(output_dir: Path, task_name: str) -> None:
             entry.unlink()
 
 
-def execute_task(task: Task, plan_root: str, options: ConvertOptions, output_dir: str) -> dict[str, Any]:
+# Source kind -> module providing read_task(root, task, options) and
+# make_converter(task, options, executor). Imported on use, so each source's dependencies load
+# only when that source runs.
+SOURCES = {"parquet": "fastwds.sources.parquet"}
+
+
+def execute_task(source: str, task: Task, plan_root: str, options: ConvertOptions, output_dir: str) -> dict[str, Any]:
     """Run one task and record it as finished. Depends on nothing but its arguments, so it can run
     in any process or on any machine that sees the input and output folders."""
     output = Path(output_dir)
-    batches = read_task(plan_root, task, options.columns, options.batch_rows)
-    result = run_task(task, batches, options, output, progress=_report_progress)
+    module = importlib.import_module(SOURCES[source])
+    with ThreadPoolExecutor(options.image_threads, thread_name_prefix="fastwds-work") as executor:
+        converter = module.make_converter(task, options, executor)
+        batches = module.read_task(plan_root, task, options)
+        result = run_task(task, batches, converter, options, output, progress=_report_progress)
     record = asdict(result)
     write_text_atomically(task_record_path(output, task), json.dumps(record, ensure_ascii=False))
     return record
@@ -87,7 +97,7 @@ def _init_worker(progress_queue: Any, polars_threads: int) -> None:
 
 
 def _execute_in_worker(args: tuple) -> dict[str, Any]:
-    task = args[0]
+    task = args[1]
     try:
         return execute_task(*args)
     except Exception as error:
@@ -136,7 +146,7 @@ def clear_output(output_dir: Path) -> None:
 def run_tasks(tasks: list[Task], plan: Plan, options: ConvertOptions, output_dir: Path,
               progress: ProgressReporter) -> None:
     global _local_progress
-    jobs = [(task, plan.input_root, options, str(output_dir)) for task in tasks]
+    jobs = [(plan.source, task, plan.input_root, options, str(output_dir)) for task in tasks]
     if options.num_workers <= 1 or len(tasks) <= 1:
         _local_progress = progress
         try:

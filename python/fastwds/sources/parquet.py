@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 
+from fastwds.convert.chat import ChatConverter
+from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
 from fastwds.errors import InvalidInputError
 from fastwds.sources.base import RowBatch
@@ -135,8 +138,14 @@ def _image_lists(series: pl.Series) -> list[list[bytes | None] | None]:
     return series.to_list()
 
 
-def read_task(root: str, task: Task, columns: ParquetColumns, batch_rows: int = 256) -> Iterator[RowBatch]:
-    """Stream the task's rows in batches of at most ``batch_rows`` rows, never holding more."""
+def make_converter(task: Task, options: ConvertOptions, executor: ThreadPoolExecutor) -> ChatConverter:
+    return ChatConverter(task, options, executor)
+
+
+def read_task(root: str, task: Task, options: ConvertOptions) -> Iterator[RowBatch]:
+    """Stream the task's rows in batches of at most ``options.batch_rows`` rows, never holding more."""
+    columns: ParquetColumns = options.source_options
+    batch_rows = options.batch_rows
     for piece in task.slices:
         path = Path(root) / piece.file
         frame = pl.scan_parquet(path)
