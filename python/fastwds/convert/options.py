@@ -27,10 +27,12 @@ class ConvertOptions:
     num_workers: int = 1
     image_threads: int = 2
     batch_rows: int = 256
+    # Batches each pipeline queue holds: memory is about (2 * queue_batches + 2) batches per task.
+    queue_batches: int = 2
     fsync: bool = True
 
     def output_options(self) -> dict[str, Any]:
         options = asdict(self)
-        for execution_only in ("num_workers", "image_threads", "batch_rows", "fsync"):
+        for execution_only in ("num_workers", "image_threads", "batch_rows", "queue_batches", "fsync"):
             options.pop(execution_only)
         return options

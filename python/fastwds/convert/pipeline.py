@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +20,6 @@ from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
 from fastwds.errors import InvalidSamplesError
 from fastwds.writer import ShardWriter
-
-QUEUE_BATCHES = 2
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows written, bytes written)
 
@@ -80,15 +78,19 @@ class RejectLog:
                                     "reason": reason, "detail": detail, "action": "kept" if kept else "skipped"})
 
 
-async def _run_pipeline(batches: Iterator[Any], converter: BatchConverter, writer: ShardWriter,
-                        progress: Progress) -> None:
-    read_queue: asyncio.Queue = asyncio.Queue(QUEUE_BATCHES)
-    write_queue: asyncio.Queue = asyncio.Queue(QUEUE_BATCHES)
+async def _run_pipeline(batches: Iterator[Any] | AsyncIterator[Any], converter: BatchConverter,
+                        writer: ShardWriter, progress: Progress, queue_batches: int) -> None:
+    read_queue: asyncio.Queue = asyncio.Queue(queue_batches)
+    write_queue: asyncio.Queue = asyncio.Queue(queue_batches)
     done = object()
 
     async def read() -> None:
-        while (batch := await asyncio.to_thread(next, batches, done)) is not done:
-            await read_queue.put(batch)
+        if isinstance(batches, AsyncIterator):  # e.g. media files read with aiofiles
+            async for batch in batches:
+                await read_queue.put(batch)
+        else:  # blocking readers (polars, numpy) run in a thread
+            while (batch := await asyncio.to_thread(next, batches, done)) is not done:
+                await read_queue.put(batch)
         await read_queue.put(done)
 
     async def validate() -> None:
@@ -108,7 +110,8 @@ async def _run_pipeline(batches: Iterator[Any], converter: BatchConverter, write
             group.create_task(stage())
 
 
-def run_task(task: Task, batches: Iterator[Any], converter: BatchConverter, options: ConvertOptions,
+def run_task(task: Task, batches: Iterator[Any] | AsyncIterator[Any], converter: BatchConverter,
+             options: ConvertOptions,
              output_dir: Path, progress: Progress = lambda rows, written, size: None) -> TaskResult:
     """Convert one task into its shard(s) in ``output_dir``. Raises on failure, leaving no
     finished-looking shard behind for this task."""
@@ -117,7 +120,7 @@ def run_task(task: Task, batches: Iterator[Any], converter: BatchConverter, opti
                          maxsize=options.max_shard_bytes, fsync=options.fsync,
                          dali_index=options.dali_index, energon_index=options.energon_index)
     try:
-        asyncio.run(_run_pipeline(batches, converter, writer, progress))
+        asyncio.run(_run_pipeline(batches, converter, writer, progress, options.queue_batches))
     except BaseExceptionGroup as group:
         writer.abort()
         raise _first_error(group) from None

@@ -56,9 +56,11 @@ def remove_task_outputs(output_dir: Path, task_name: str) -> None:
             entry.unlink()
 
 
-# Source kind -> module providing read_task(root, task, options) and
-# make_converter(task, options, executor). Imported on use, so each source's dependencies load
-# only when that source runs.
+# Source kind -> module providing read_task(root, task, options) (an iterator or async iterator
+# of batches) and make_converter(task, options, executor); optionally summarize(task_records)
+# -> dict (added to the manifest as "stats") and finalize(output_dir, plan, options, manifest)
+# (extra dataset files, e.g. Energon's .nv-meta). Imported on use, so each source's dependencies
+# load only when that source runs.
 SOURCES = {"parquet": "fastwds.sources.parquet"}
 
 
@@ -226,6 +228,11 @@ def finalize(output: Path, plan: Plan, options: ConvertOptions, records: list[di
     rejects = [json.dumps(r, ensure_ascii=False) + "\n" for record in records for r in record["rejects"]]
     write_text_atomically(output / REJECTS_NAME, "".join(rejects))
     manifest = build_manifest(command, plan, options.output_options(), records, elapsed, resumed)
+    source = importlib.import_module(SOURCES[plan.source])
+    if hasattr(source, "summarize"):
+        manifest["stats"] = source.summarize(records)
+    if hasattr(source, "finalize"):
+        source.finalize(output, plan, options, manifest)
     write_wids_index([(s["name"], s["samples"], s["bytes"]) for s in manifest["shards"]],
                      output / WIDS_INDEX_NAME, name=output.resolve().name)
     manifest["indexes"] = {"wids": WIDS_INDEX_NAME, "rejects": REJECTS_NAME}
