@@ -6,17 +6,15 @@
 //! the indexes that were asked for.
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
+use crate::hashed_file::HashedFile;
 use crate::index;
 use crate::key::{normalize_extension, portable_key};
 use crate::tar::{self, BLOCK, END_OF_ARCHIVE, MAX_MEMBER_SIZE};
 
-const WRITE_BUFFER: usize = 1 << 20;
 const ZEROS: [u8; BLOCK as usize] = [0; BLOCK as usize];
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
@@ -150,28 +148,11 @@ impl ShardRecord {
     }
 }
 
-/// Hashes everything that passes through it on the way to `inner`.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 struct OpenShard {
     index: u64,
     final_path: PathBuf,
     partial_path: PathBuf,
-    out: BufWriter<HashingWriter<File>>,
+    out: HashedFile,
     position: u64,
     samples: Vec<SampleRecord>,
     oversized: bool,
@@ -341,7 +322,7 @@ impl ShardSink {
             .truncate(true)
             .open(&partial_path)
             .map_err(|e| Error::io(&partial_path, e))?;
-        let out = BufWriter::with_capacity(WRITE_BUFFER, HashingWriter { inner: file, hasher: Sha256::new() });
+        let out = HashedFile::new(file).map_err(|e| Error::io(&partial_path, e))?;
         self.open = Some(OpenShard { index, final_path, partial_path, out, position: 0, samples: Vec::new(), oversized: false });
         self.next_index += 1;
         Ok(())
@@ -362,8 +343,7 @@ impl ShardSink {
     fn complete(&mut self, mut open: OpenShard) -> Result<()> {
         let io_err = |e| Error::io(&open.partial_path, e);
         open.out.write_all(&END_OF_ARCHIVE).map_err(io_err)?;
-        let hashing = open.out.into_inner().map_err(|e| Error::io(&open.partial_path, e.into_error()))?;
-        let file = hashing.inner;
+        let (file, sha256) = open.out.finish().map_err(io_err)?;
         if self.options.fsync {
             file.sync_all().map_err(|e| Error::io(&open.partial_path, e))?;
         }
@@ -373,7 +353,7 @@ impl ShardSink {
             path: open.final_path.clone(),
             data_end: open.position,
             size: open.position + END_OF_ARCHIVE.len() as u64,
-            sha256: hashing.hasher.finalize().into(),
+            sha256,
             samples: open.samples,
             oversized: open.oversized,
         };
@@ -424,6 +404,7 @@ impl Drop for ShardSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn opts(maxcount: u64, maxsize: u64) -> Options {
         Options { maxcount, maxsize, fsync: false, ..Options::default() }

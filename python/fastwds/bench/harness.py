@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -58,7 +58,9 @@ class Runner:
 @dataclass(frozen=True)
 class Suite:
     """A benchmark: its runners, which of them is the floor and which the peer, and the
-    parameters and notes printed with the table."""
+    parameters and notes printed with the table. ``findings``, if given, turns the results
+    (each runner's summary by name, None for a failed or skipped one) into lines printed after
+    the notes: comparisons the table's columns cannot show, such as scaling over worker counts."""
 
     name: str
     description: str
@@ -67,6 +69,7 @@ class Suite:
     peer: str
     params: dict[str, Any] = field(default_factory=dict)
     notes: Sequence[str] = ()
+    findings: Callable[[dict[str, dict[str, Any] | None]], list[str]] | None = None
 
     def __post_init__(self) -> None:
         # Ratios are looked up by name: a typo would quietly print "-" instead of a ratio.
@@ -188,7 +191,10 @@ def run_benchmark(runners: Sequence[Runner], *, repeat: int = 3,
     with tempfile.TemporaryDirectory(prefix="fastwds-bench-", dir=workdir) as tmp:
         for round_ in range(WARMUP_ROUNDS + repeat):
             warmup = round_ < WARMUP_ROUNDS
-            for number, result in enumerate(results):
+            # Rotate who goes first each round, so no runner always follows the same one.
+            order = [(round_ + i) % len(results) for i in range(len(results))]
+            for number in order:
+                result = results[number]
                 if result.status != "ok":
                     continue
                 out_dir = Path(tmp, f"{number}-{round_}")
@@ -201,7 +207,10 @@ def run_benchmark(runners: Sequence[Runner], *, repeat: int = 3,
                     continue
                 finally:
                     # Each run's output is gone before the next starts: disk use stays bounded.
+                    # sync() makes the file system finish that deletion now, not during the
+                    # next runner's timed section.
                     shutil.rmtree(out_dir, ignore_errors=True)
+                    os.sync()
                 run.update(round=round_, warmup=warmup)
                 result.runs.append(run)
                 _check_repeatable(result)
@@ -272,33 +281,39 @@ def _filesystem_type(path: str) -> str:
 
 
 def run_suite(suite: Suite, *, repeat: int = 3, json_path: str | Path | None = None,
-              workdir: str | Path | None = None, out: TextIO | None = None) -> int:
-    """Run ``suite``, print its table to ``out`` (stdout), write ``json_path`` if given.
+              workdir: str | Path | None = None, out: TextIO | None = None,
+              on_report: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Run ``suite``, print its table to ``out`` (stdout), write ``json_path`` if given, and hand
+    the same report to ``on_report`` if given (e.g. to draw a plot).
     Returns the exit code: 1 if any runner failed (its row says why), else 0."""
     out = out or sys.stdout
     machine = machine_info(workdir)
     results = run_benchmark(suite.runners, repeat=repeat, workdir=workdir)
     rows = _rows(suite, results)
-    print(format_table(suite, repeat, machine, results, rows), file=out)
+    findings = suite.findings({r.runner.name: row for r, row in zip(results, rows)}) if suite.findings else []
+    print(format_table(suite, repeat, machine, results, rows, findings), file=out)
+    report = {
+        "benchmark": suite.name,
+        "description": suite.description,
+        "params": suite.params,
+        "repeat": repeat,
+        "warmup_rounds": WARMUP_ROUNDS,
+        "machine": machine,
+        "floor": suite.floor,
+        "peer": suite.peer,
+        "notes": _notes(suite, repeat),
+        "findings": findings,
+        "runners": [
+            {"name": r.runner.name, "target": r.runner.target, "args": r.runner.args,
+             "deterministic": r.runner.deterministic, "status": r.status,
+             "message": r.message, "summary": summary, "runs": r.runs}
+            for r, summary in zip(results, rows)
+        ],
+    }
     if json_path is not None:
-        report = {
-            "benchmark": suite.name,
-            "description": suite.description,
-            "params": suite.params,
-            "repeat": repeat,
-            "warmup_rounds": WARMUP_ROUNDS,
-            "machine": machine,
-            "floor": suite.floor,
-            "peer": suite.peer,
-            "notes": _notes(suite, repeat),
-            "runners": [
-                {"name": r.runner.name, "target": r.runner.target, "args": r.runner.args,
-                 "deterministic": r.runner.deterministic, "status": r.status,
-                 "message": r.message, "summary": summary, "runs": r.runs}
-                for r, summary in zip(results, rows)
-            ],
-        }
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    if on_report is not None:
+        on_report(report)
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
@@ -320,9 +335,9 @@ HEADER = ("runner", "samples/s", "MB/s", "spread", "peak RSS MiB", "timed +MiB",
 
 
 def format_table(suite: Suite, repeat: int, machine: dict[str, Any], results: list[Result],
-                 rows: list[dict[str, Any] | None]) -> str:
+                 rows: list[dict[str, Any] | None], findings: Sequence[str] = ()) -> str:
     """The report as text: headline, machine, one row per runner (failed and skipped runners
-    say why in place of their numbers), then the notes."""
+    say why in place of their numbers), then the notes and the findings."""
     def ratio(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}x"
 
@@ -354,6 +369,8 @@ def format_table(suite: Suite, repeat: int, machine: dict[str, Any], results: li
         *(line(cells) for cells in table),
         "",
         *(f"- {note}" for note in _notes(suite, repeat)),
+        *([""] if findings else []),
+        *findings,
     ])
 
 
