@@ -1,6 +1,22 @@
 """Type stub for the Rust extension ``fastwds._core`` (kept by hand; checked by mypy.stubtest)."""
 
 from collections.abc import Sequence
+from typing import final
+
+from typing_extensions import Self
+
+__all__ = [
+    "__version__",
+    "MAX_KEY_LEN",
+    "ShardSink",
+    "ShardRecord",
+    "portable_key",
+    "inspect_images",
+    "SampleError",
+    "DuplicateKeyError",
+    "ShardPatternError",
+    "WriterClosedError",
+]
 
 __version__: str
 MAX_KEY_LEN: int
@@ -15,6 +31,7 @@ class WriterClosedError(ValueError): ...
 def portable_key(sample_id: str) -> str: ...
 def inspect_images(images: Sequence[bytes | None]) -> list[tuple[str, str, int, int]]: ...
 
+@final
 class ShardRecord:
     @property
     def index(self) -> int: ...
@@ -35,9 +52,10 @@ class ShardRecord:
     def samples(self) -> list[tuple[str, int, int, list[tuple[str, int, int]]]]: ...
     def keys(self) -> list[str]: ...
 
+@final
 class ShardSink:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         pattern: str,
         *,
         maxcount: int,
@@ -48,7 +66,7 @@ class ShardSink:
         start_index: int = 0,
         energon_index: bool = False,
         dali_index: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     def write(self, sample_id: str, members: Sequence[tuple[str, bytes]]) -> str: ...
     def write_batch(
         self, sample_ids: Sequence[str], columns: Sequence[tuple[str, Sequence[bytes | None]]]
