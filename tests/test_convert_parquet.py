@@ -239,3 +239,17 @@ def test_library_api(tmp_path):
     assert manifest["totals"]["rows"] == 8 and manifest["totals"]["samples"] == 7
     with pytest.raises(fastwds.InvalidInputError):
         convert(plan, tmp_path / "out", ConvertOptions(max_samples_per_shard=3, source_options=ParquetColumns()), command="test")
+
+
+def test_files_not_written_by_fastwds_are_never_deleted(tmp_path):
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", rows()[:3])
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = out / "data-000000.tar"
+    foreign.write_bytes(b"someone else's shard")
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        result = run_cli("convert", "parquet", str(data), str(out), *extra, check=False)
+        assert result.returncode == 1 and "data-000000.tar" in result.stderr and "not written by" in result.stderr
+        assert foreign.read_bytes() == b"someone else's shard"
+        assert not (out / ".fastwds").exists()

@@ -47,13 +47,16 @@ def task_record_path(output_dir: Path, task: Task) -> Path:
     return output_dir / STATE_DIR / "tasks" / f"{task.name}.json"
 
 
-def remove_task_outputs(output_dir: Path, task_name: str) -> None:
-    """Delete every file of one task: its shard, spill shards (``name-1.tar``), sidecar indexes
-    and ``.partial`` files."""
+def task_outputs(output_dir: Path, task_name: str) -> list[Path]:
+    """Every file of one task: its shard, spill shards (``name-1.tar``), sidecar indexes and
+    ``.partial`` files."""
     own = re.compile(rf"^{re.escape(task_name)}(-\d+)?\.(tar|idx)")
-    for entry in output_dir.iterdir():
-        if own.match(entry.name):
-            entry.unlink()
+    return [entry for entry in output_dir.iterdir() if own.match(entry.name)]
+
+
+def remove_task_outputs(output_dir: Path, task_name: str) -> None:
+    for path in task_outputs(output_dir, task_name):
+        path.unlink()
 
 
 # Source kind -> module providing read_task(root, task, options) (an iterator or async iterator
@@ -62,6 +65,8 @@ def remove_task_outputs(output_dir: Path, task_name: str) -> None:
 # (extra dataset files, e.g. Energon's .nv-meta). Imported on use, so each source's dependencies
 # load only when that source runs.
 SOURCES = {"parquet": "fastwds.sources.parquet"}
+SOURCES["sft"] = "fastwds.sources.sft"
+SOURCES["npz"] = "fastwds.sources.npz"
 
 
 def execute_task(source: str, task: Task, plan_root: str, options: ConvertOptions, output_dir: str) -> dict[str, Any]:
@@ -130,6 +135,12 @@ def check_output_dir(output_dir: Path, plan: Plan, options: ConvertOptions, resu
             return True
     elif resume:
         log.info("%s: nothing to resume, starting a new run", output_dir)
+    # Files with our names that no fastwds run of this folder wrote are not ours to replace.
+    foreign = [p.name for t in plan.tasks for p in task_outputs(output_dir, t.name)]
+    if foreign:
+        raise InvalidInputError(f"{output_dir} already has {', '.join(foreign[:3])}"
+                                f"{' and more' if len(foreign) > 3 else ''}, not written by a fastwds run "
+                                "there; choose an empty folder or move those files")
     (output_dir / STATE_DIR / "tasks").mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_path, json.dumps(wanted, indent=2, default=str))
     return False
@@ -208,8 +219,8 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
     pending = [t for t in plan.tasks if not task_record_path(output, t).exists()]
     if resumed:
         log.info("resuming: %d of %d tasks already finished", len(plan.tasks) - len(pending), len(plan.tasks))
-    for task in pending:
-        remove_task_outputs(output, task.name)
+        for task in pending:  # what the interrupted run left of its unfinished tasks
+            remove_task_outputs(output, task.name)
     progress = ProgressReporter(sum(t.num_rows for t in pending), enabled=show_progress)
     try:
         run_tasks(pending, plan, options, output, progress)
