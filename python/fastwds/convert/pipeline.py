@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import Any, Protocol
 
 from fastwds.convert.options import ConvertOptions
