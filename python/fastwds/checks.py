@@ -1,0 +1,234 @@
+"""What ``verify`` (and ``inspect``) check in one member or one sample, and how bad each finding is.
+
+Severity: an **error** breaks a reader or loses data (a corrupt tar, a sample split in two, a
+repeated key, a JSON that names members the sample does not have, an index that points at the
+wrong bytes). A **warning** is a portability problem: some readers see the data differently
+(PAX-only names that wids ignores, uppercase extensions that only webdataset lowercases, ...).
+See COMPAT.md for the reader behaviour behind every rule.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fastwds.shards import TarMember
+from fastwds.validate import IMAGE_TOKEN
+
+ERROR, WARNING = "error", "warning"
+
+CODES: dict[str, tuple[str, str]] = {
+    # tar structure
+    "tar_bad_checksum": (ERROR, "a header checksum is wrong: the archive is corrupt from there on"),
+    "tar_bad_header": (ERROR, "a header field cannot be parsed"),
+    "tar_truncated": (ERROR, "the archive is cut short"),
+    "tar_missing_end": (ERROR, "the two zero blocks that end a tar are missing"),
+    "tar_data_after_end": (ERROR, "data after the end-of-archive blocks (readers never see it)"),
+    "shard_unreadable": (ERROR, "the shard file cannot be read"),
+    # samples and keys
+    "sample_not_contiguous": (ERROR, "a sample's members are not consecutive: readers split it in two"),
+    "duplicate_extension": (ERROR, "two members of one sample have the same extension"),
+    "duplicate_key": (ERROR, "a key is used by more than one sample of the dataset"),
+    "json_invalid": (ERROR, "a .json member is not valid UTF-8 JSON"),
+    "name_mismatch": (ERROR, "the JSON's name/images list and the sample's members disagree"),
+    "image_token_mismatch": (ERROR, "number of <image> tokens differs from number of image members"),
+    "image_invalid": (ERROR, "an image is empty, truncated, unreadable or not an image"),
+    "image_decode_failed": (ERROR, "an image does not decode (--full)"),
+    # indexes and manifest
+    "manifest_invalid": (ERROR, "manifest.json cannot be read"),
+    "manifest_mismatch": (ERROR, "manifest.json disagrees with the shards"),
+    "wids_index_mismatch": (ERROR, "a wids index disagrees with the shards"),
+    "dali_index_mismatch": (ERROR, "a DALI .idx disagrees with its shard"),
+    "energon_index_mismatch": (ERROR, "an Energon .tar.idx disagrees with its shard"),
+    "energon_meta_mismatch": (ERROR, "Energon's .nv-meta (.info.json, index.sqlite) disagrees with the shards"),
+    # portability (COMPAT.md)
+    "compressed_shard": (WARNING, "compressed shard: wids and DALI cannot read it, offsets cannot be indexed"),
+    "empty_shard": (WARNING, "a shard without samples (DALI refuses it, Energon skips it)"),
+    "member_ignored": (WARNING, "a member readers leave out of every sample"),
+    "pax_header": (WARNING, "PAX extended headers: wids ignores them, 1 KiB more per member"),
+    "float_mtime": (WARNING, "fractional mtimes (PAX): the shard is not reproducible byte for byte"),
+    "long_name": (WARNING, "a name needs a long-name header: wids and DALI see a different name"),
+    "name_not_portable": (WARNING, "a member name is not plain ASCII without spaces/backslashes"),
+    "uppercase_extension": (WARNING, "an extension has uppercase letters: only webdataset lowercases them"),
+    "hidden_key": (WARNING, "a key starting with '.' or '__': HF datasets skips it, other readers do not"),
+    "image_extension_mismatch": (WARNING, "an image's extension does not match its real format"),
+    "unlisted_shard": (WARNING, "a shard that an index or manifest of the dataset does not list"),
+    "index_not_checked": (WARNING, "an index file that could not be checked"),
+}
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+IMAGE_EXTENSIONS = frozenset(("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"))
+FORMAT_EXTENSIONS = {"jpeg": ("jpg", "jpeg"), "tiff": ("tif", "tiff")}
+
+# Where chat-style JSON keeps its turns, and the text field of a turn (LLaVA uses "value").
+TURN_LISTS = ("conversations", "messages", "texts")
+TURN_TEXT = ("content", "value", "text")
+
+
+def severity(code: str) -> str:
+    return CODES[code][0]
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+    member: str | None = None
+
+
+def last_extension(ext: str) -> str:
+    return ext.rsplit(".", 1)[-1].lower()
+
+
+def is_image_extension(ext: str) -> bool:
+    return last_extension(ext) in IMAGE_EXTENSIONS
+
+
+def is_json_extension(ext: str) -> bool:
+    return ext.lower() == "json"
+
+
+# -- member names -------------------------------------------------------------------------------
+
+def member_findings(member: TarMember, key: str, ext: str) -> list[Finding]:
+    """Portability of one member's header and name (a regular member of sample ``key``)."""
+    name = member.name
+    found = []
+    if "pax" in member.extensions or "pax_global" in member.extensions:
+        found.append(Finding("pax_header", f"{name}: PAX header ({', '.join(sorted(member.pax)) or 'empty'})", name))
+    if "." in member.pax.get("mtime", ""):
+        found.append(Finding("float_mtime", f"{name}: mtime {member.pax['mtime']}", name))
+    if member.ustar_name != name:
+        found.append(Finding("long_name", f"{name}: wids reads {member.ustar_name!r} from the 100-byte name field "
+                             f"({'/'.join(e for e in member.extensions if e != 'pax')} header)", name))
+    problems = []
+    if not name.isascii():
+        problems.append("non-ASCII")
+    if " " in name:
+        problems.append("a space (breaks DALI's index)")
+    if "\\" in name:
+        problems.append("a backslash")
+    if CONTROL.search(name):
+        problems.append("a control character")
+    if len(name.encode("utf-8", "surrogateescape")) > 100:
+        problems.append("longer than 100 bytes")
+    if member.typeflag != "0":
+        problems.append(f"typeflag {member.typeflag!r} (wids accepts only '0')")
+    if problems:
+        found.append(Finding("name_not_portable", f"{name!r}: {', '.join(problems)}", name))
+    if ext != ext.lower():
+        found.append(Finding("uppercase_extension", f"{name}: extension {ext!r} (webdataset reads "
+                             f"{ext.lower()!r}, Energon/HF/DALI {ext!r})", name))
+    if key.rsplit("/", 1)[-1].startswith("__"):
+        found.append(Finding("hidden_key", f"{name}: key {key!r} starts with '__'", name))
+    return found
+
+
+# -- sample JSON --------------------------------------------------------------------------------
+
+def _member_reference(item: str, key: str, extensions: list[str]) -> str:
+    """The extension a JSON entry names: ``"jpg"``, ``"0.jpg"``, or a full ``"<key>.jpg"`` name."""
+    if item in extensions:
+        return item
+    for prefix in (key + ".", key.rsplit("/", 1)[-1] + "."):
+        if item.startswith(prefix) and item[len(prefix):] in extensions:
+            return item[len(prefix):]
+    return item
+
+
+def listed_members(document: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """Member references a sample JSON makes, and the field they came from: Energon-style
+    ``"name": [ext, ...]`` or fastwds' ``"images": [{"member": ext, ...}]``."""
+    name = document.get("name")
+    if isinstance(name, list) and name and all(isinstance(item, str) for item in name):
+        return "name", name
+    images = document.get("images")
+    if isinstance(images, list) and any(isinstance(item, dict) and "member" in item for item in images):
+        return "images", [str(item.get("member")) for item in images if isinstance(item, dict)]
+    return None
+
+
+def count_tokens(document: dict[str, Any]) -> int | None:
+    """``<image>`` tokens in the turns of a chat-style JSON; None when it has no turns."""
+    found = False
+    tokens = 0
+    for field_name in TURN_LISTS:
+        turns = document.get(field_name)
+        if not isinstance(turns, list):
+            continue
+        found = True
+        for turn in turns:
+            if isinstance(turn, str):
+                tokens += turn.count(IMAGE_TOKEN)
+                continue
+            if not isinstance(turn, dict):
+                continue
+            text = next((turn[f] for f in TURN_TEXT if turn.get(f) is not None), None)
+            if isinstance(text, str):
+                tokens += text.count(IMAGE_TOKEN)
+            elif isinstance(text, list):  # OpenAI-style parts: {"type": "image"} or {"type": "text", ...}
+                for part in text:
+                    if isinstance(part, dict):
+                        tokens += part.get("type") in ("image", "image_url")
+                        tokens += str(part.get("text") or "").count(IMAGE_TOKEN)
+    return tokens if found else None
+
+
+def parse_json_member(data: bytes) -> Any:
+    """The parsed JSON; raises ValueError with a short reason."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{error.msg} at line {error.lineno} column {error.colno}") from None
+
+
+def json_findings(key: str, json_member: str, document: Any, extensions: list[str]) -> list[Finding]:
+    """Does a sample's JSON agree with its members? ``extensions`` are the sample's member
+    extensions in archive order."""
+    if not isinstance(document, dict):
+        return []
+    found = []
+    images = [ext for ext in extensions if is_image_extension(ext)]
+    flagged = document.get("invalid")
+    note = (f" (the converter kept it flagged invalid: {flagged.get('reason')})"
+            if isinstance(flagged, dict) and flagged.get("reason") else "")
+    listed = listed_members(document)
+    if listed is not None:
+        field_name, items = listed
+        references = [_member_reference(item, key, extensions) for item in items]
+        for item, reference in zip(items, references):
+            if reference not in extensions:
+                found.append(Finding("name_mismatch", f"key {key}: JSON {field_name!r} lists {item!r} but the sample "
+                                     f"has no such member (members: {', '.join(extensions)}){note}", json_member))
+        for ext in images:
+            if ext not in references:
+                found.append(Finding("name_mismatch", f"key {key}: image member {ext!r} is not listed in the JSON's "
+                                     f"{field_name!r} ({', '.join(map(repr, items))}){note}", json_member))
+    tokens = count_tokens(document)
+    if tokens is not None and (tokens or images) and tokens != len(images):
+        found.append(Finding("image_token_mismatch", f"key {key}: {tokens} {IMAGE_TOKEN} token(s) in the JSON but "
+                             f"{len(images)} image member(s) ({', '.join(images) or 'none'}){note}", json_member))
+    return found
+
+
+def sample_structure_findings(key: str, extensions: list[str]) -> list[Finding]:
+    seen: set[str] = set()
+    found = []
+    for ext in extensions:
+        folded = ext.lower()  # webdataset lowercases, so "JPG" and "jpg" collide there
+        if folded in seen:
+            found.append(Finding("duplicate_extension", f"key {key}: extension {ext!r} appears more than once in "
+                                 "the sample (webdataset raises, Energon keeps only the last)", f"{key}.{ext}"))
+        seen.add(folded)
+    return found
+
+
+def image_format_finding(member: str, ext: str, image_format: str) -> Finding | None:
+    if last_extension(ext) in FORMAT_EXTENSIONS.get(image_format, (image_format,)):
+        return None
+    return Finding("image_extension_mismatch", f"{member}: extension {ext!r} but the bytes are {image_format.upper()}",
+                   member)

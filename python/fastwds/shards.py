@@ -1,0 +1,465 @@
+"""Read shards made by any producer at the level of tar blocks, the way readers see them.
+
+``TarScanner`` walks a tar file header by header and yields every member with its offsets (the
+first header block, extension headers included, and the data), its size and type, and what it
+took to name it (PAX ``path``, GNU ``L`` long name, ustar prefix). It does not trust the archive:
+a bad checksum, a member cut short, missing end-of-archive blocks or data after them become
+``TarDefect`` records instead of exceptions, so ``verify`` can report them and ``inspect`` can
+still show what precedes them.
+
+``iter_samples`` groups members into samples exactly as webdataset, wids and Energon do
+(consecutive members with the same key), and ``expand_shards`` turns a shard, a folder or a brace
+pattern into shard paths.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from fastwds.errors import InvalidInputError
+
+BLOCK = 512
+
+# The split every reader uses (COMPAT.md): key = everything up to the first dot of the basename.
+KEY_SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+# webdataset and Energon skip these names entirely (``__key__``-style metadata members).
+SKIP_META = re.compile(r"__[^/]*__($|/)")
+
+# Types that carry no data blocks whatever their size field says (tarfile does the same).
+NO_DATA_TYPES = frozenset("123456")
+REGULAR_TYPES = frozenset(("0", "\0", "7"))
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+@dataclass(frozen=True)
+class TarMember:
+    name: str  # the name readers that honour PAX / GNU long names see
+    header_offset: int  # first header block of the member, extension headers included
+    data_offset: int
+    size: int
+    typeflag: str
+    ustar_name: str  # the 100-byte name field alone: what wids reads
+    extensions: tuple[str, ...]  # "pax", "pax_global", "gnu_longname", "ustar_prefix"
+    pax: dict[str, str] = field(default_factory=dict)
+    data: bytes | None = None
+
+    @property
+    def end(self) -> int:
+        """Offset after the member's padded data: where the next header starts."""
+        return self.data_offset + padded(self.size)
+
+    @property
+    def is_regular(self) -> bool:
+        return self.typeflag in REGULAR_TYPES
+
+
+@dataclass(frozen=True)
+class TarDefect:
+    code: str  # tar_bad_checksum, tar_bad_header, tar_truncated, tar_missing_end, tar_data_after_end
+    offset: int
+    detail: str
+
+
+def padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def parse_number(field_bytes: bytes) -> int:
+    """A numeric header field: octal text, or GNU base-256 when the high bit of the first byte is set."""
+    if field_bytes and field_bytes[0] & 0x80:
+        value = int.from_bytes(field_bytes[1:], "big")
+        if field_bytes[0] & 0x40:  # negative base-256
+            value -= 1 << (8 * (len(field_bytes) - 1))
+        return value
+    text = field_bytes.split(b"\0", 1)[0].strip(b" ")
+    return int(text, 8) if text else 0
+
+
+def header_checksum_ok(block: bytes) -> bool:
+    try:
+        stored = parse_number(block[148:156])
+    except ValueError:
+        return False
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    if stored == unsigned:
+        return True
+    # Some old producers summed signed chars; tarfile and GNU tar accept both.
+    high = sum(1 for b in block[:148] + block[156:] if b >= 128)
+    return stored == unsigned - 256 * high
+
+
+def parse_pax(data: bytes) -> dict[str, str]:
+    """PAX records ``"<len> <key>=<value>\\n"``; raises ValueError when malformed."""
+    records: dict[str, str] = {}
+    position = 0
+    while position < len(data) and data[position] != 0:
+        space = data.index(b" ", position)
+        length = int(data[position:space])
+        record = data[space + 1:position + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise ValueError(f"malformed PAX record at byte {position}")
+        key, value = record[:-1].split(b"=", 1)
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        position += length
+    return records
+
+
+def decode_name(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+class TarScanner:
+    """Iterate the members of one tar stream; see the module docstring.
+
+    ``want_data(name)`` says which members' bytes to keep (others are skipped, or read and dropped
+    when hashing). ``hashers`` see every byte of the file, so a verify pass reads each shard once.
+    After iteration: ``defects``, ``end_of_data`` (where the end-of-archive blocks start, or where
+    scanning stopped) and ``size`` (bytes read).
+    """
+
+    def __init__(self, stream: BinaryIO, want_data: Callable[[str], bool] | bool = True,
+                 hashers: list | None = None, seekable: bool = True) -> None:
+        self.stream = stream
+        self.want_data = want_data if callable(want_data) else (lambda _name, keep=want_data: keep)
+        self.hashers = hashers or []
+        self.seekable = seekable and not self.hashers
+        self.position = 0
+        self.defects: list[TarDefect] = []
+        self.end_of_data = 0
+        self.size = 0
+        self._size: int | None = None
+
+    def _read(self, count: int) -> bytes:
+        data = self.stream.read(count)
+        for hasher in self.hashers:
+            hasher.update(data)
+        self.position += len(data)
+        return data
+
+    def _skip(self, count: int) -> int:
+        """Skip ``count`` bytes; returns how many were really there."""
+        if self.seekable:
+            # Seeking past the end succeeds silently: clamp to the real size.
+            end = min(self.position + count, self._file_size())
+            skipped = end - self.position
+            self.stream.seek(end)
+            self.position = end
+            return skipped
+        skipped = 0
+        while skipped < count:
+            chunk = self._read(min(count - skipped, 1 << 20))
+            if not chunk:
+                break
+            skipped += len(chunk)
+        return skipped
+
+    def _file_size(self) -> int:
+        if self._size is None:
+            here = self.stream.tell()
+            self._size = self.stream.seek(0, os.SEEK_END)
+            self.stream.seek(here)
+        return self._size
+
+    def _defect(self, code: str, offset: int, detail: str) -> None:
+        self.defects.append(TarDefect(code, offset, detail))
+
+    def __iter__(self) -> Iterator[TarMember]:
+        global_pax: dict[str, str] = {}
+        pending_pax: dict[str, str] = {}
+        pending_longname: str | None = None
+        pending_extensions: list[str] = []
+        first_header: int | None = None
+        while True:
+            offset = self.position
+            block = self._read(BLOCK)
+            if not block:
+                if pending_extensions:
+                    self._defect("tar_truncated", offset, "the archive ends after an extension header, "
+                                 "before the member it describes")
+                else:
+                    self._defect("tar_missing_end", offset, "no end-of-archive blocks: the file ends "
+                                 "right after the last member (two zero blocks expected)")
+                self.end_of_data = offset
+                break
+            if len(block) < BLOCK:
+                if block.count(0) == len(block) and not pending_extensions:
+                    self._defect("tar_missing_end", offset, f"the end-of-archive blocks are cut short "
+                                 f"({len(block)} zero bytes instead of {2 * BLOCK})")
+                else:
+                    self._defect("tar_truncated", offset, f"the archive ends inside a header block "
+                                 f"({len(block)} of {BLOCK} bytes)")
+                self.end_of_data = offset
+                break
+            if block == bytes(BLOCK):
+                self.end_of_data = offset
+                self._check_end(offset)
+                break
+            if not header_checksum_ok(block):
+                self._defect("tar_bad_checksum", offset, "header checksum does not match: the archive is "
+                             "corrupt from here on (readers stop or fail at this point)")
+                self.end_of_data = offset
+                break
+            try:
+                size = parse_number(block[124:136])
+            except ValueError:
+                self._defect("tar_bad_header", offset, f"size field {block[124:136]!r} is not a number")
+                self.end_of_data = offset
+                break
+            typeflag = chr(block[156])
+            if first_header is None:
+                first_header = offset
+            if typeflag in "xgLK":
+                data = self._read(padded(size))
+                if len(data) < padded(size):
+                    self._defect("tar_truncated", offset, f"extension header ({typeflag!r}) is cut short")
+                    self.end_of_data = offset
+                    break
+                payload = data[:size]
+                if typeflag in "xg":
+                    try:
+                        records = parse_pax(payload)
+                    except ValueError as error:
+                        self._defect("tar_bad_header", offset, f"PAX header: {error}")
+                        self.end_of_data = offset
+                        break
+                    if typeflag == "x":
+                        pending_pax.update(records)
+                        pending_extensions.append("pax")
+                    else:
+                        global_pax.update(records)
+                        pending_extensions.append("pax_global")
+                        if first_header == offset:
+                            # tarfile (so webdataset and Energon's .tar.idx) does not count a global
+                            # header as part of the member after it.
+                            first_header = None
+                elif typeflag == "L":
+                    pending_longname = decode_name(payload)
+                    pending_extensions.append("gnu_longname")
+                continue
+            pax = {**global_pax, **pending_pax}
+            ustar_name = decode_name(block[:100])
+            name = ustar_name
+            extensions = list(pending_extensions)
+            prefix = decode_name(block[345:500]) if block[257:263] == b"ustar\0" else ""
+            if prefix:
+                name = f"{prefix}/{ustar_name}"
+                extensions.append("ustar_prefix")
+            if pending_longname is not None:
+                name = pending_longname
+            if "path" in pax:
+                name = pax["path"]
+            if "size" in pax:
+                try:
+                    size = int(pax["size"])
+                except ValueError:
+                    self._defect("tar_bad_header", offset, f"PAX size {pax['size']!r} is not a number")
+                    self.end_of_data = offset
+                    break
+            data_size = 0 if typeflag in NO_DATA_TYPES else size
+            data_offset = self.position
+            content: bytes | None = None
+            if self.want_data(name) and data_size:
+                content = self._read(data_size)
+                got = len(content)
+                got += self._skip(padded(data_size) - data_size) if got == data_size else 0
+            else:
+                got = self._skip(padded(data_size))
+            if got < padded(data_size):
+                self._defect("tar_truncated", first_header, f"member {name!r} is cut short: {got} of "
+                             f"{padded(data_size)} bytes (data plus padding) are present")
+                self.end_of_data = first_header
+                break
+            yield TarMember(name, first_header, data_offset, data_size, typeflag, ustar_name,
+                            tuple(extensions), pax, content)
+            pending_pax, pending_longname, pending_extensions, first_header = {}, None, [], None
+        self._drain()
+
+    def _check_end(self, offset: int) -> None:
+        """After the first zero block: a second one must follow, then only zeros to the end
+        (GNU tar and tarfile pad the archive to a 10 KiB record)."""
+        second = self._read(BLOCK)
+        if len(second) < BLOCK and second.count(0) == len(second):
+            self._defect("tar_missing_end", offset, "only one end-of-archive block (two expected)")
+            return
+        chunk_offset, chunk = offset + BLOCK, second
+        while chunk:
+            stripped = chunk.lstrip(b"\0")
+            if stripped:
+                where = chunk_offset + len(chunk) - len(stripped)
+                # A valid header here is a member every reader misses: they stop at the marker.
+                after = chunk[(where - chunk_offset) // BLOCK * BLOCK:][:BLOCK]
+                lost = len(after) == BLOCK and header_checksum_ok(after)
+                self._defect("tar_data_after_end", where,
+                             "tar headers follow the end-of-archive blocks: readers stop before them, "
+                             "so those members are lost" if lost else
+                             "non-zero bytes follow the end-of-archive blocks")
+                return
+            chunk_offset, chunk = self.position, self._read(1 << 20)
+
+    def _drain(self) -> None:
+        """Read whatever is left so hashes cover the whole file and ``size`` is the file size."""
+        if self.hashers:
+            while self._read(1 << 20):
+                pass
+        self.size = self._file_size() if self.seekable else self.position
+
+
+@contextmanager
+def open_shard(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, bool]]:
+    """The shard's byte stream (gunzipped when it is gzip) and whether it is compressed."""
+    with open(path, "rb", buffering=1 << 20) as raw:
+        magic = raw.read(2)
+        raw.seek(0)
+        if magic == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                yield unzipped, True  # type: ignore[misc]  # GzipFile is a binary stream
+        else:
+            yield raw, False
+
+
+@dataclass
+class Sample:
+    key: str
+    index: int  # position in the shard
+    members: list[tuple[str, TarMember]]  # (extension, member) in archive order
+
+    @property
+    def offset(self) -> int:
+        return self.members[0][1].header_offset
+
+    def extensions(self) -> list[str]:
+        return [ext for ext, _ in self.members]
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    match = KEY_SPLIT.match(name)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def skip_reason(member: TarMember) -> str | None:
+    """Why readers leave this member out of every sample, or None when they use it."""
+    if not member.is_regular:
+        return f"it is not a regular file (type {member.typeflag!r})"
+    if SKIP_META.match(member.name):
+        return "webdataset and Energon skip '__name__' metadata members"
+    if KEY_SPLIT.match(member.name) is None:
+        return "its name does not split into key.extension"
+    return None
+
+
+def iter_samples(members: Iterator[TarMember],
+                 on_skip: Callable[[TarMember, str], None] | None = None) -> Iterator[Sample]:
+    """Group members into samples as webdataset does: consecutive members with the same key.
+    A key that comes back later starts a new sample (readers do the same; ``verify`` flags it)."""
+    current: Sample | None = None
+    index = 0
+    for member in members:
+        match = KEY_SPLIT.match(member.name) if member.is_regular and not SKIP_META.match(member.name) else None
+        if match is None:
+            if on_skip is not None:
+                on_skip(member, skip_reason(member) or "")
+            continue
+        key, ext = match.group(1), match.group(2)
+        if current is not None and current.key == key:
+            current.members.append((ext, member))
+            continue
+        if current is not None:
+            yield current
+            index += 1
+        current = Sample(key, index, [(ext, member)])
+    if current is not None:
+        yield current
+
+
+# -- paths ---------------------------------------------------------------------------------------
+
+def expand_braces(pattern: str) -> list[str]:
+    """webdataset's brace patterns: ``{000..009}`` (zero padding kept), ``{a,b}``, nested."""
+    depth, start = 0, 0
+    for position, char in enumerate(pattern):
+        if char == "{":
+            if depth == 0:
+                start = position
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                head, body, tail = pattern[:start], pattern[start + 1:position], pattern[position + 1:]
+                return [head + choice + rest for choice in _brace_choices(body) for rest in expand_braces(tail)]
+    return [pattern]
+
+
+def _brace_choices(body: str) -> list[str]:
+    numeric = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if numeric:
+        first, last = numeric.groups()
+        width = len(first) if first.lstrip("-").startswith("0") or len(first) == len(last) else 0
+        step = 1 if int(last) >= int(first) else -1
+        return [str(n).zfill(width) for n in range(int(first), int(last) + step, step)]
+    parts, depth, start = [], 0, 0
+    for position, char in enumerate(body):
+        depth += char == "{"
+        depth -= char == "}"
+        if char == "," and depth == 0:
+            parts.append(body[start:position])
+            start = position + 1
+    parts.append(body[start:])
+    if len(parts) == 1:  # "{x}" is not a pattern: keep the braces, as braceexpand does
+        return [f"{{{c}}}" for c in expand_braces(body)]
+    return [choice for part in parts for choice in expand_braces(part)]
+
+
+def is_shard_name(name: str) -> bool:
+    return name.endswith(SHARD_SUFFIXES) and not name.startswith(".")
+
+
+@dataclass
+class ShardSet:
+    paths: list[Path]
+    root: Path  # where dataset files (manifest.json, index.wids.json, .nv-meta) are looked for
+    whole_folder: bool  # every shard under root was selected (so unlisted/missing shards matter)
+
+    def relative(self, path: Path) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+
+def expand_shards(spec: str | os.PathLike) -> ShardSet:
+    """A shard file, a folder (every ``.tar`` below it, hidden folders excluded), or a pattern with
+    braces and/or glob characters. Raises InvalidInputError when nothing is found."""
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        root = Path(spec)
+        found: list[Path] = []
+        for directory, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found.extend(Path(directory) / f for f in filenames if is_shard_name(f))
+        if not found:
+            raise InvalidInputError(f"{spec}: no shards (.tar files) in this folder or below it")
+        return ShardSet(sorted(found, key=lambda p: os.path.relpath(p, root).split(os.sep)), root, True)
+    if os.path.isfile(spec):
+        return ShardSet([Path(spec)], Path(spec).parent, False)
+    paths: list[Path] = []
+    for candidate in expand_braces(spec):
+        if glob.has_magic(candidate):
+            matches = sorted(glob.glob(candidate))
+            if not matches:
+                raise InvalidInputError(f"{candidate}: no file matches this pattern")
+            paths.extend(Path(m) for m in matches)
+        elif os.path.isfile(candidate):
+            paths.append(Path(candidate))
+        else:
+            origin = f" (from pattern {spec})" if candidate != spec else ""
+            raise InvalidInputError(f"{candidate}: shard not found{origin}")
+    parents = {p.parent.resolve() for p in paths}
+    root = Path(os.path.commonpath([str(p) for p in parents])) if parents else Path(".")
+    return ShardSet(paths, root, False)
+
