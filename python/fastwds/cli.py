@@ -12,6 +12,8 @@ from fastwds.errors import FastwdsError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fastwds import inspect as inspect_cli
+    from fastwds import verify as verify_cli
     from fastwds.bench import cli as bench_cli
     from fastwds.convert import cli as convert_cli
 
@@ -26,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure fastwds against the alternatives on this machine")
     bench_cli.add_arguments(bench)
     bench.set_defaults(run=bench_cli.run)
+    inspect = commands.add_parser("inspect", help="show the samples of shards (any producer)",
+                                  description=inspect_cli.DESCRIPTION)
+    inspect_cli.add_arguments(inspect)
+    verify = commands.add_parser("verify", help="check shards, keys, JSON, images and indexes; exit 1 on errors",
+                                 description=verify_cli.DESCRIPTION)
+    verify_cli.add_arguments(verify)
     return parser
 
 
