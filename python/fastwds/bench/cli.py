@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import NamedTuple
 
-from fastwds.bench import write
+from fastwds.bench import convert, write
 from fastwds.bench.harness import positive
 
 
@@ -24,6 +24,7 @@ class Subcommand(NamedTuple):
 SUBCOMMANDS: dict[str, Subcommand] = {
     "write": Subcommand(write.HELP, write.add_arguments, write.run),
 }
+SUBCOMMANDS["convert"] = Subcommand(convert.HELP, convert.add_arguments, convert.run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,456 @@
+"""``fastwds bench convert``: a LLaVA-style parquet dataset turned into shards by fastwds (at each
+``--workers`` count, and with ``--modes`` full image verification or JPEG re-encoding), by
+``webdataset.ShardWriter`` fed by pyarrow (the peer), and merely read by pyarrow with every column
+buffer written to one file (the floor: reading and writing with no checks, no headers, no shards);
+with ``--modes full``, also Pillow decoding every image on one core, the reference for full
+verification.
+
+Without INPUT the dataset is generated (``fastwds.synthetic``) once per invocation in a temporary
+folder, removed afterwards; with INPUT the benchmark uses the first ``--limit`` rows of it.
+Every runner reads the same rows in the same order (fastwds's: subsets by name, files by name)
+and is measured by the same payload, the image bytes of those rows, so MB/s compare directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fastwds.bench.harness import Clock, Runner, Suite, make_durable, positive, run_suite
+from fastwds.bench.plot import require_matplotlib, plot_scaling
+from fastwds.convert.options import ConvertOptions
+from fastwds.convert.run import convert
+from fastwds.errors import InvalidInputError
+from fastwds.sources.parquet import ParquetColumns, discover_subsets, plan_parquet
+from fastwds.synthetic import generate
+
+log = logging.getLogger(__name__)
+
+HELP = ("convert a parquet dataset (yours, or a generated LLaVA-style one) with fastwds, "
+        "webdataset.ShardWriter and a raw pyarrow read + write")
+MAXCOUNT = 10_000  # samples per shard, for fastwds and the peer alike
+DEFAULT_ROWS = 12_000
+DEFAULT_LIMIT = 12_000
+DEFAULT_BROKEN_SHARE = 0.03
+DEFAULT_MULTI_IMAGE_SHARE = 0.05
+# --modes name -> the ConvertOptions that differ from the defaults, and how the runner is named.
+MODES = {
+    "default": ({}, "fastwds convert"),
+    "full": ({"verify_images": "full"}, "fastwds convert --verify-images full"),
+    "reencode": ({"reencode": "jpeg"}, "fastwds convert --reencode jpeg"),
+}
+PEER = "webdataset.ShardWriter fed by pyarrow"
+FLOOR = "pyarrow read + write all column buffers"
+DECODE = "Pillow full decode, 1 core"
+# Targets (issue 6 and issue 3): printed with the results, never asserted.
+TARGET_X_FLOOR = 0.9
+TARGET_X_PEER = 2.5
+TARGET_FULL_X_DECODE = 1.8
+
+
+# ---- the input, as every runner reads it -------------------------------------------------------
+
+def input_kind(path: Path) -> str:
+    """The kind of dataset at ``path``. Only parquet folders exist so far; SFT JSON and NPZ
+    folders will each need a planner for the fastwds runner and a batch reader for the others."""
+    if path.is_dir():
+        return "parquet"  # discover_subsets says so clearly if the folder holds no parquet
+    raise InvalidInputError(f"{path}: bench convert reads a folder of parquet files "
+                            "(SFT JSON and NPZ inputs are not supported yet)")
+
+
+def read_batches(root: str, limit: int | None, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The first ``limit`` rows (all when None) in the order fastwds converts them, one record
+    batch per row group. The batch that reaches the limit is decoded to that length, not sliced
+    from a whole row group: the floor writes the buffers it holds, and must not write more rows."""
+    remaining = limit
+    for files in discover_subsets(Path(root)).values():
+        for relative in files:
+            with pq.ParquetFile(Path(root, relative)) as parquet:
+                present = [c for c in columns if c in parquet.schema_arrow.names] if columns else None
+                for group in range(parquet.num_row_groups):
+                    if remaining == 0:
+                        return
+                    rows = parquet.metadata.row_group(group).num_rows
+                    wanted = rows if remaining is None else min(rows, remaining)
+                    if wanted == 0:
+                        continue
+                    got = 0
+                    for batch in parquet.iter_batches(batch_size=wanted, row_groups=[group], columns=present):
+                        batch = batch.slice(0, wanted - got)
+                        got += batch.num_rows
+                        yield batch
+                        if got == wanted:
+                            break
+                    if remaining is not None:
+                        remaining -= got
+
+
+def image_arrays(batch: pa.RecordBatch, columns: ParquetColumns) -> list[pa.Array]:
+    """The batch's image bytes as binary arrays (nulls where a row has none): the single-image
+    column and the flattened image-list column, each a {bytes, path} struct or plain binary."""
+    arrays = []
+    names = batch.schema.names
+    if columns.image in names:
+        arrays.append(batch.column(columns.image))
+    if columns.images in names:
+        arrays.append(batch.column(columns.images).flatten())
+    return [pc.struct_field(a, "bytes") if pa.types.is_struct(a.type) else a for a in arrays]
+
+
+def payload_of(root: str, limit: int | None, columns: ParquetColumns) -> tuple[int, int]:
+    """``(rows, image bytes)`` of the rows the benchmark converts."""
+    rows = size = 0
+    for batch in read_batches(root, limit, [columns.image, columns.images]):
+        rows += batch.num_rows
+        size += sum(pc.sum(pc.binary_length(array)).as_py() or 0 for array in image_arrays(batch, columns))
+    return rows, size
+
+
+# ---- runners (each runs in its own process; see harness.py) ------------------------------------
+
+def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
+    """The library as ``fastwds convert parquet`` calls it: planning is part of the timed job."""
+    columns = ParquetColumns()
+    options = ConvertOptions(max_samples_per_shard=MAXCOUNT, source_options=columns, limit=args["limit"],
+                             num_workers=args["workers"], **MODES[args["mode"]][0])
+    with clock:
+        plan = plan_parquet(args["input"], columns, options.max_samples_per_shard, options.max_shard_bytes,
+                            options.limit)
+        manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False)
+    check_manifest(manifest, args)
+    digests = []
+    for shard in sorted(manifest["shards"], key=lambda s: s["name"]):
+        with open(out_dir / shard["name"], "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != shard["sha256"]:
+            raise RuntimeError(f"{shard['name']}: sha256 {digest} on disk, {shard['sha256']} in the manifest")
+        digests.append(digest)
+    if sorted(p.name for p in out_dir.glob("*.tar")) != sorted(s["name"] for s in manifest["shards"]):
+        raise RuntimeError(f"the shards on disk differ from the manifest's: {sorted(out_dir.glob('*.tar'))}")
+    return {"samples": manifest["totals"]["samples"], "bytes": args["payload_bytes"], "outputs": digests}
+
+
+def check_manifest(manifest: dict[str, Any], args: dict[str, Any]) -> None:
+    """A fast but wrong run must not win: every row is accounted for and, on generated data,
+    exactly the planted broken rows are rejected, for the planted reasons."""
+    totals = manifest["totals"]
+    if totals["rows"] != args["rows"]:
+        raise RuntimeError(f"fastwds read {totals['rows']:,} rows, the benchmark has {args['rows']:,}")
+    expected = args.get("expected_rejects")
+    if expected is None:
+        return
+    wanted = args["rows"] - sum(expected.values())
+    if totals["samples"] != wanted or manifest["invalid_by_reason"] != expected:
+        raise RuntimeError(f"fastwds wrote {totals['samples']:,} samples, expected {wanted:,} "
+                           f"({args['rows']:,} rows less the planted broken ones); rejected "
+                           f"{manifest['invalid_by_reason']}, planted {expected}")
+
+
+def webdataset_convert(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
+    """The peer, the way a conversion script uses it: rows from pyarrow, image bytes passed
+    through (named jpg or png by their magic bytes), the conversation as json, no checks. It does
+    not fsync, so the timed section does (fastwds fsyncs every shard)."""
+    import webdataset
+
+    columns = ParquetColumns()
+    with clock:
+        writer = webdataset.ShardWriter(str(out_dir / "shard-%06d.tar"), maxcount=MAXCOUNT, verbose=0)
+        for batch in read_batches(args["input"], args["limit"]):
+            for row in batch.to_pylist():
+                sample = {"__key__": f"sample{writer.total:09d}"}
+                single = row.get(columns.image)
+                images = row.get(columns.images) or ([single] if single else [])
+                for number, image in enumerate(images):
+                    data = image["bytes"] if isinstance(image, dict) else image
+                    extension = "png" if data and data.startswith(b"\x89PNG") else "jpg"
+                    sample[extension if len(images) == 1 else f"{number}.{extension}"] = data or b""
+                document = {"id": row.get(columns.id), "conversations": row.get(columns.conversations),
+                            "data_source": row.get(columns.data_source)}
+                sample["json"] = json.dumps(document).encode()
+                writer.write(sample)
+        writer.close()
+        make_durable(out_dir)
+    # webdataset stores the float time of writing as each member's mtime: not repeatable.
+    return {"samples": writer.total, "bytes": args["payload_bytes"], "outputs": None}
+
+
+def pyarrow_floor(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
+    """The floor: pyarrow reads every row group and every column, and the decoded buffers go to
+    one file back to back; no headers, no keys, no checks."""
+    rows = 0
+    with clock:
+        with open(out_dir / "columns.bin", "wb") as out:
+            for batch in read_batches(args["input"], args["limit"]):
+                for column in batch.columns:
+                    for buffer in column.buffers():
+                        if buffer is not None:
+                            out.write(buffer)
+                rows += batch.num_rows
+        make_durable(out_dir)
+    return {"samples": rows, "bytes": args["payload_bytes"], "outputs": None}
+
+
+def pillow_decode(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
+    """The one-core decode rate: Pillow decodes every image of the rows, one after another in
+    one thread. The bytes are read before the clock starts: only decoding is timed."""
+    from PIL import Image
+
+    columns = ParquetColumns()
+    images = [data for batch in read_batches(args["input"], args["limit"], [columns.image, columns.images])
+              for array in image_arrays(batch, columns) for data in array.to_pylist() if data]
+    with clock:
+        for data in images:
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    image.load()
+            except Exception:  # the planted broken images: failing to decode them is the work too
+                pass
+    return {"samples": args["rows"], "bytes": args["payload_bytes"], "outputs": None}
+
+
+# ---- the suite ---------------------------------------------------------------------------------
+
+@dataclass
+class BenchInput:
+    """What the runners convert and how the table describes it."""
+
+    kind: str
+    path: str
+    limit: int | None
+    rows: int
+    payload_bytes: int
+    tasks: int
+    description: str
+    expected_rejects: dict[str, int] | None = None  # on generated data: planted reason -> rows
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def generated_input(folder: Path, rows: int, broken_share: float, multi_image_share: float,
+                    seed: int) -> BenchInput:
+    log.info("generating %s rows of LLaVA-style parquet in %s", f"{rows:,}", folder)
+    dataset = generate(folder, rows=rows, broken_share=broken_share, multi_image_share=multi_image_share,
+                       seed=seed)
+    expected = dict(sorted(Counter(dataset.broken.values()).items()))
+    found = describe(folder, None)
+    if found.payload_bytes != dataset.image_bytes:  # both count the same images: a bug if not
+        raise RuntimeError(f"payload {found.payload_bytes} != generated image bytes {dataset.image_bytes}")
+    found.expected_rejects = expected
+    found.description = (f"{rows:,} generated LLaVA-style rows ({len(dataset.broken):,} planted broken, "
+                         f"~{multi_image_share:.0%} with two images; JPEG ~50-100 kB, some PNG; "
+                         f"{found.payload_bytes / 1e6:,.1f} MB of images), shards of {MAXCOUNT:,} samples")
+    found.params = {"generated": True, "rows": rows, "broken_share": broken_share,
+                    "multi_image_share": multi_image_share, "seed": seed, "broken_rows": len(dataset.broken)}
+    return found
+
+
+def describe(path: Path, limit: int | None) -> BenchInput:
+    kind = input_kind(path)
+    # Planning first: it names the file and the reason when the input cannot be converted.
+    plan = plan_parquet(path, ParquetColumns(), MAXCOUNT, ConvertOptions().max_shard_bytes, limit)
+    rows, payload = payload_of(str(path), limit, ParquetColumns())
+    if rows == 0:
+        raise InvalidInputError(f"{path}: no rows to convert")
+    if rows != plan.total_rows:  # both count the rows the runners convert: a bug if they differ
+        raise RuntimeError(f"{path}: {rows} rows read, {plan.total_rows} planned")
+    tasks = len(plan.tasks)
+    description = (f"the first {rows:,} rows of {path} ({payload / 1e6:,.1f} MB of images), "
+                   f"shards of {MAXCOUNT:,} samples")
+    return BenchInput(kind, str(path.resolve()), limit, rows, payload, tasks, description,
+                      params={"generated": False, "input": str(path.resolve()), "limit": limit, "rows": rows})
+
+
+def build_suite(data: BenchInput, modes: list[str], workers: list[int]) -> Suite:
+    common = {"kind": data.kind, "input": data.path, "limit": data.limit, "rows": data.rows,
+              "payload_bytes": data.payload_bytes}
+    checks = {"expected_rejects": data.expected_rejects}
+    most = max(workers)
+    runs = [("default", w) for w in workers] if "default" in modes else []
+    runs += [(mode, most) for mode in modes if mode != "default"]
+    runners = [Runner(fastwds_name(mode, count), f"{__name__}:fastwds_convert",
+                      {**common, **checks, "mode": mode, "workers": count}, deterministic=True)
+               for mode, count in runs]
+    runners += [Runner(PEER, f"{__name__}:webdataset_convert", common, requires=("webdataset",)),
+                Runner(FLOOR, f"{__name__}:pyarrow_floor", common)]
+    if "full" in modes:
+        runners.append(Runner(DECODE, f"{__name__}:pillow_decode", common))
+    return Suite(
+        name="convert",
+        description=data.description,
+        runners=runners,
+        floor=FLOOR,
+        peer=PEER,
+        params={**data.params, "modes": modes, "workers": workers, "maxcount": MAXCOUNT,
+                "payload_bytes": data.payload_bytes, "shard_tasks": data.tasks},
+        notes=notes(data),
+        findings=lambda summaries: findings(summaries, modes, workers),
+    )
+
+
+def fastwds_name(mode: str, workers: int) -> str:
+    return f"{MODES[mode][1]}, {workers} worker{'s' if workers > 1 else ''}"
+
+
+def notes(data: BenchInput) -> list[str]:
+    checked = ("exactly the rows less the planted broken ones, rejected for the planted reasons"
+               if data.expected_rejects is not None else "every row accounted for in the manifest")
+    return [
+        f"payload = the {data.payload_bytes / 1e6:,.1f} MB of images in those rows, the same for every "
+        "runner, so MB/s ratios are time ratios; samples: fastwds counts the valid samples it wrote "
+        "(rows less rejected), the others every row",
+        "fastwds runs through the library (plan_parquet + convert, default options but the worker "
+        f"count): planning, validation, shards, manifest and fsync are timed; its {data.tasks} shard "
+        f"task{'s' if data.tasks != 1 else ''} bound{'s' if data.tasks == 1 else ''} how many workers can "
+        f"be busy; every run is checked: {checked}, shards byte-identical in every repetition",
+        f"peer: webdataset.ShardWriter(maxcount={MAXCOUNT:,}) fed row by row from pyarrow, image bytes "
+        "passed through (jpg/png by magic bytes), conversations as json, no validation; floor: pyarrow "
+        "reads every row group and writes all column buffers to one file; both fsync their output "
+        "inside the timed section, as fastwds does",
+        "peak RSS of a run with worker processes is its largest single process (the runner or one "
+        "worker), not their sum; webdataset imports torch, which is most of the peer's peak RSS",
+    ]
+
+
+def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int]) -> list[str]:
+    """The scaling line and the targets, from the medians (printed, never asserted)."""
+    lines = []
+
+    def verdict(value: float, what: str, target: float) -> str:
+        return f"{value:.2f}x {what} (target >= {target}x: {'met' if value >= target else 'NOT met'})"
+
+    if "default" in modes and len(workers) > 1:
+        rates = {w: summaries.get(fastwds_name("default", w)) for w in workers}
+        parts = [f"{w} worker{'s' if w > 1 else ''} " + ("FAILED" if s is None else f"{s['samples_per_s']:,.0f}/s")
+                 for w, s in rates.items()]
+        first, last = rates[workers[0]], rates[workers[-1]]
+        gain = f" ({last['samples_per_s'] / first['samples_per_s']:.2f}x)" if first and last else ""
+        lines.append(f"scaling: {', '.join(parts)}{gain}")
+    elif "default" in modes:
+        lines.append("scaling: one worker count measured (--workers 1,2 compares)")
+    if "default" in modes:
+        name = fastwds_name("default", max(workers))
+        summary = summaries.get(name)
+        if summary is None:
+            lines.append(f"targets: no ratios, {name} failed")
+        else:
+            parts = [verdict(summary[key], reference, target) if summary[key] is not None
+                     else f"no ratio to {reference} (it failed)"
+                     for key, reference, target in (("x_floor", "the floor", TARGET_X_FLOOR),
+                                                    ("x_peer", "the peer", TARGET_X_PEER))]
+            lines.append(f"targets: {name} is {' and '.join(parts)}")
+    if "full" in modes:
+        name = fastwds_name("full", max(workers))
+        full, decode = summaries.get(name), summaries.get(DECODE)
+        if full is None or decode is None:
+            lines.append(f"full verify: no ratio to the one-core decode rate, {name if full is None else DECODE} failed")
+        else:
+            # MB/s, not samples/s: both handle every image, but fastwds counts only valid samples.
+            ratio = full["mb_per_s"] / decode["mb_per_s"]
+            reference = f"the one-core Pillow decode rate of {decode['mb_per_s']:,.1f} MB/s"
+            lines.append(f"full verify: {name} at {full['mb_per_s']:,.1f} MB/s is "
+                         f"{verdict(ratio, reference, TARGET_FULL_X_DECODE)}; the target is for 2 workers "
+                         f"on 2 cores, this machine has {os.cpu_count()}")
+    return lines
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def comma_list(parse_item: Any, choices: tuple[str, ...] | None = None) -> Any:
+    """An argparse ``type=`` for ``a,b,c``: items parsed, checked, duplicates dropped, order kept."""
+    def parse(text: str) -> list[Any]:
+        items = []
+        for raw in filter(None, (part.strip() for part in text.split(","))):
+            item = parse_item(raw)
+            if choices is not None and item not in choices:
+                raise argparse.ArgumentTypeError(f"{raw!r} is not one of {', '.join(choices)}")
+            if item not in items:
+                items.append(item)
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one value")
+        return items
+    return parse
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", nargs="?", metavar="INPUT",
+                        help="a folder of parquet files to sample (default: generate a dataset)")
+    parser.add_argument("--limit", type=positive(int), metavar="N",
+                        help=f"with INPUT: use its first N rows (default: {DEFAULT_LIMIT:,})")
+    parser.add_argument("--rows", type=positive(int), metavar="N",
+                        help=f"without INPUT: rows to generate (default: {DEFAULT_ROWS:,})")
+    parser.add_argument("--broken-share", type=share, metavar="F",
+                        help=f"without INPUT: share of broken rows (default: {DEFAULT_BROKEN_SHARE})")
+    parser.add_argument("--multi-image-share", type=share, metavar="F",
+                        help=f"without INPUT: share of rows with two images (default: {DEFAULT_MULTI_IMAGE_SHARE})")
+    parser.add_argument("--seed", type=int, metavar="N", help="without INPUT: generator seed (default: 0)")
+    parser.add_argument("--workers", type=comma_list(positive(int)), default=[os.cpu_count() or 1],
+                        metavar="N,N,...", help="fastwds worker counts; each one is a runner of the "
+                        "default mode, the other modes use the largest (default: one per core)")
+    parser.add_argument("--modes", type=comma_list(str, tuple(MODES)), default=["default"],
+                        metavar="MODE,...", help="fastwds modes: default, full (--verify-images full, "
+                        "also runs the one-core Pillow decode reference), reencode (--reencode jpeg) "
+                        "(default: default)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw samples/s against workers (needs matplotlib)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        require_matplotlib()  # before anything runs: a missing install costs no benchmark time
+    if args.input is not None:
+        given = [flag for flag, value in (("--rows", args.rows), ("--broken-share", args.broken_share),
+                                          ("--multi-image-share", args.multi_image_share),
+                                          ("--seed", args.seed)) if value is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)}: only without INPUT (use --limit to sample INPUT)")
+        return run_on(describe(Path(args.input), args.limit or DEFAULT_LIMIT), args)
+    if args.limit is not None:
+        raise InvalidInputError("--limit samples INPUT; without INPUT, --rows sets the size")
+    # Generated once for the whole invocation, removed afterwards (the runs only read it).
+    with tempfile.TemporaryDirectory(prefix="fastwds-bench-convert-", dir=args.dir) as tmp:
+        data = generated_input(
+            Path(tmp, "data"), args.rows or DEFAULT_ROWS,
+            DEFAULT_BROKEN_SHARE if args.broken_share is None else args.broken_share,
+            DEFAULT_MULTI_IMAGE_SHARE if args.multi_image_share is None else args.multi_image_share,
+            args.seed or 0)
+        return run_on(data, args)
+
+
+def run_on(data: BenchInput, args: argparse.Namespace) -> int:
+    suite = build_suite(data, args.modes, sorted(args.workers))
+    on_report = (lambda report: draw(args.plot, report)) if args.plot else None
+    return run_suite(suite, repeat=args.repeat, json_path=args.json, workdir=args.dir, on_report=on_report)
+
+
+def draw(path: str, report: dict[str, Any]) -> None:
+    points = sorted((r["args"]["workers"], r["summary"]["samples_per_s"]) for r in report["runners"]
+                    if r["args"].get("mode") == "default" and r["summary"] is not None)
+    if not points:
+        print(f"no plot: no {MODES['default'][1]} run succeeded")
+        return
+    roles = {report["floor"]: "floor", report["peer"]: "peer"}
+    references = {f"{roles[r['name']]}: {r['name']}": r["summary"]["samples_per_s"] for r in report["runners"]
+                  if r["name"] in roles and r["summary"] is not None}
+    plot_scaling(path, f"fastwds bench convert: {report['params']['rows']:,} rows", points, references)
+    print(f"plot: {path}")
