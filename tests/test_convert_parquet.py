@@ -253,3 +253,32 @@ def test_files_not_written_by_fastwds_are_never_deleted(tmp_path):
         assert result.returncode == 1 and "data-000000.tar" in result.stderr and "not written by" in result.stderr
         assert foreign.read_bytes() == b"someone else's shard"
         assert not (out / ".fastwds").exists()
+
+
+def damage_column(path: Path, column: str, row_group: int = 0) -> None:
+    """Flip the bytes of one column chunk; the footer and the other columns stay readable."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path).row_group(row_group)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith(column))
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    for i in range(start + 8, start + chunk.total_compressed_size):
+        data[i] ^= 0xA5
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("column", ["id", "conversations"])  # read when planning / only by the task
+def test_damaged_parquet_page_is_a_clear_error(tmp_path, workers, column):
+    data = tmp_path / "data"
+    write_rows(data / "a.parquet", rows()[:8])
+    write_rows(data / "b.parquet", rows()[8:12])
+    damage_column(data / "a.parquet", column, row_group=1)
+    out = tmp_path / "out"
+    result = run_cli("convert", "parquet", str(data), str(out), "--num-workers", workers,
+                     "--max-samples-per-shard", "4", check=False)
+    assert result.returncode == 1, result.stdout
+    assert "a.parquet" in result.stderr and "cannot be read" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(out.glob("*.partial"))

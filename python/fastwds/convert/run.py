@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -107,9 +108,12 @@ def _execute_in_worker(args: tuple) -> dict[str, Any]:
     task = args[1]
     try:
         return execute_task(*args)
-    except Exception as error:
+    except (FastwdsError, OSError, ValueError) as error:
         # Only plain exceptions cross the process boundary reliably.
-        raise TaskFailed(f"task {task.name}: {type(error).__name__}: {error}") from None
+        raise TaskFailed(f"task {task.name}: {error}") from None
+    except Exception:
+        # Anything else is a bug: keep the worker's traceback for the report.
+        raise TaskFailed(f"task {task.name} failed unexpectedly (please report):\n{traceback.format_exc()}") from None
 
 
 def check_output_dir(output_dir: Path, plan: Plan, options: ConvertOptions, resume: bool, overwrite: bool) -> bool:
@@ -184,7 +188,7 @@ def run_tasks(tasks: list[Task], plan: Plan, options: ConvertOptions, output_dir
         remaining = len(jobs)
         while remaining:
             try:
-                results.next(timeout=0.2)
+                results.next(timeout=0.05)
                 remaining -= 1
             except multiprocessing.TimeoutError:
                 pass

@@ -100,8 +100,8 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
                 first += group.num_rows
             taken = sum(g.rows for g in groups if g.file == relative)
             if taken:
-                id_series.append(pl.scan_parquet(path).select(pl.col(columns.id).cast(pl.String)).head(taken)
-                                 .collect().to_series())
+                ids = pl.scan_parquet(path).select(pl.col(columns.id).cast(pl.String)).head(taken)
+                id_series.append(collect(ids, path, f"column {columns.id!r}").to_series())
         tasks.extend(cut_tasks(subset, groups, max_rows, max_bytes))
     return Plan("parquet", str(root.resolve()), tuple(files), attach_rejections(tasks, id_series))
 
@@ -153,8 +153,17 @@ def read_task(root: str, task: Task, options: ConvertOptions) -> Iterator[RowBat
         wanted = [c for c in (columns.id, columns.conversations, columns.image, columns.images,
                               columns.data_source) if c in names]
         for start in range(piece.start, piece.stop, batch_rows):
-            rows = frame.select(wanted).slice(start, min(batch_rows, piece.stop - start)).collect()
+            stop = min(start + batch_rows, piece.stop)
+            rows = collect(frame.select(wanted).slice(start, stop - start), path, f"rows {start}-{stop - 1}")
             yield to_batch(piece.file, start, rows, columns)
+
+
+def collect(frame: pl.LazyFrame, path: Path, what: str) -> pl.DataFrame:
+    """Run a polars read; a damaged file becomes an error naming the file and what was read."""
+    try:
+        return frame.collect()
+    except pl.exceptions.PolarsError as error:
+        raise InvalidInputError(f"{path}: {what} cannot be read: {error}") from error
 
 
 def to_batch(file: str, first_row: int, rows: pl.DataFrame, columns: ParquetColumns) -> RowBatch:
