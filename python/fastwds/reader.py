@@ -1,0 +1,279 @@
+"""``fastwds.WebDataset``: read WebDataset shards (fastwds' or any producer's) as an iterable of
+sample dicts, usable as a PyTorch ``IterableDataset``; ``make_loader`` wraps it in a DataLoader.
+
+- Shards: a ``manifest.json`` (or its folder), a wids index, a list of paths, a glob or a brace
+  pattern (``data-{000000..000009}.tar``). Local files; ``.tar`` or gzip'ed ``.tar.gz``/``.tgz``.
+- Splitting: each epoch's shard list (shuffled with ``seed`` and the epoch when ``shuffle``) is
+  dealt out by distributed rank, then by DataLoader worker: shard ``i`` goes to rank
+  ``i % world_size``, and within it to one worker. Every shard is read by exactly one worker of
+  one rank, so every sample arrives exactly once per epoch. Ranks and workers with more shards
+  get more samples; a worker without shards yields nothing (have at least
+  ``world_size * num_workers`` shards).
+- Shuffling: shard order per epoch, then a buffer of up to ``buffer_size`` samples and
+  ``buffer_bytes`` bytes (CT volumes are 100 MB each: the byte cap keeps the buffer from holding
+  gigabytes). Deterministic for the same ``seed``, epoch, rank and worker. Call ``set_epoch``
+  every epoch, as with ``DistributedSampler``; with ``persistent_workers`` the workers' copies do
+  not see it, so each copy also advances its epoch by one every time it is iterated.
+- Decoding: see ``fastwds.decode``; nothing is ever unpickled.
+
+torch is optional: ``import fastwds`` does not import it. ``WebDataset`` registers itself as a
+virtual subclass of ``torch.utils.data.IterableDataset`` when torch has been imported (at import
+of this module, at construction, and in ``make_loader``).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import random
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastwds.decode import Decoder, decode_sample, decoders_for, load_npy, read_npy
+from fastwds.errors import InvalidInputError
+from fastwds.tarstream import iter_members, iter_samples
+
+READ_BUFFER = 1 << 20
+Urls = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a{1..3}b`` -> ``a1b a2b a3b`` (zero padding kept: ``{000..010}``); ``{x,y}`` -> each."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, tail, body = pattern[:match.start()], pattern[match.end():], match.group(1)
+    numbers = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numbers:
+        first, last = numbers.groups()
+        width = len(first) if first.startswith("0") else 0
+        choices = [str(i).zfill(width) for i in range(int(first), int(last) + 1)]
+    else:
+        choices = body.split(",")
+    return [expanded for choice in choices for expanded in expand_braces(head + choice + tail)]
+
+
+def shards_from_index(path: Path) -> list[str]:
+    """Shard paths listed by a fastwds ``manifest.json`` or a wids index, relative to its folder."""
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InvalidInputError(f"{path}: cannot read it as a manifest: {error}") from None
+    if isinstance(index, dict) and isinstance(index.get("shards"), list):
+        names = [shard["name"] for shard in index["shards"]]
+    elif isinstance(index, dict) and isinstance(index.get("shardlist"), list):
+        names = [shard["url"] for shard in index["shardlist"]]
+    else:
+        raise InvalidInputError(f"{path}: neither a fastwds manifest ('shards') nor a wids index ('shardlist')")
+    return [str(path.parent / name) for name in names]
+
+
+def expand_urls(urls: Urls) -> list[str]:
+    """Every shard path, in the order given (globs sorted)."""
+    if isinstance(urls, (str, os.PathLike)):
+        urls = [urls]
+    shards: list[str] = []
+    for url in urls:
+        text = os.fspath(url)
+        if text.startswith(("http://", "https://", "pipe:", "s3://", "gs://")):
+            raise InvalidInputError(f"{text}: fastwds.WebDataset reads local files only")
+        path = Path(text)
+        if path.is_dir():
+            if not (path / "manifest.json").is_file():
+                raise InvalidInputError(f"{path}: a folder without manifest.json; pass the shard paths")
+            shards += shards_from_index(path / "manifest.json")
+        elif text.endswith(".json"):
+            shards += shards_from_index(path)
+        else:
+            for pattern in expand_braces(text):
+                if glob.has_magic(pattern):
+                    matched = sorted(glob.glob(pattern))
+                    if not matched:
+                        raise InvalidInputError(f"{pattern}: no shards match")
+                    shards += matched
+                else:
+                    shards.append(pattern)
+    if not shards:
+        raise InvalidInputError("no shards given")
+    return shards
+
+
+def split_shards(shards: Sequence[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
+    """The shards one worker of one rank reads: disjoint across all (rank, worker) pairs, and
+    together all of them."""
+    return list(shards[rank::world_size][worker::num_workers])
+
+
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` from torch.distributed when it is initialised, else the ``RANK`` and
+    ``WORLD_SIZE`` environment variables (torchrun sets them), else ``(0, 1)``."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def dataloader_worker() -> tuple[int, int]:
+    """``(worker id, number of workers)`` inside a DataLoader worker, else ``(0, 1)``. torch is
+    only consulted when it is already imported: a DataLoader worker always has it."""
+    torch_data = sys.modules.get("torch.utils.data")
+    info = torch_data.get_worker_info() if torch_data is not None else None
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def shuffled(samples: Iterable[dict], size: int, max_bytes: int, rng: random.Random) -> Iterator[dict]:
+    """Samples in random order through a buffer of at most ``size`` samples and ``max_bytes``
+    payload bytes (one sample at least)."""
+    buffer: list[dict] = []
+    held = 0
+    for sample in samples:
+        buffer.append(sample)
+        held += _payload_bytes(sample)
+        while buffer and (len(buffer) >= size or held > max_bytes):
+            index = rng.randrange(len(buffer))
+            buffer[index], buffer[-1] = buffer[-1], buffer[index]
+            chosen = buffer.pop()
+            held -= _payload_bytes(chosen)
+            yield chosen
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _payload_bytes(sample: dict) -> int:
+    # Members are bytes, or arrays already read (numpy's nbytes).
+    return sum(getattr(value, "nbytes", None) or len(value) for name, value in sample.items()
+               if not name.startswith("__"))
+
+
+def _open_shard(path: str) -> Any:
+    if path.endswith((".gz", ".tgz")):
+        return gzip.open(path, "rb")
+    return open(path, "rb", buffering=READ_BUFFER)
+
+
+class WebDataset:
+    """Iterate the samples of WebDataset shards: ``{"__key__", "__url__", ext: value}``.
+
+    ``urls_or_manifest``: see the module docstring. ``decode``: ``True`` (default) decodes by
+    extension (``fastwds.decode``), ``False`` gives raw bytes, a mapping ``{ext: fn(bytes)}``
+    replaces single decoders. ``rank``/``world_size`` override what ``distributed_rank()`` finds.
+    """
+
+    def __init__(self, urls_or_manifest: Urls, *, shuffle: bool = False, buffer_size: int = 1000,
+                 buffer_bytes: int = 1 << 30, decode: bool | Mapping[str, Decoder | None] = True,
+                 seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
+        self.shards = expand_urls(urls_or_manifest)
+        self.shuffle = shuffle
+        self.buffer_size = buffer_size
+        self.buffer_bytes = buffer_bytes
+        decoders_for(decode)  # reject a bad value now rather than in a worker
+        self.decode = decode
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._iterations = 0  # since the last set_epoch
+        register_with_torch()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._iterations = 0
+
+    def placement(self) -> tuple[int, int, int, int]:
+        """``(rank, world_size, worker, num_workers)`` of the process iterating now."""
+        rank, world_size = distributed_rank()
+        if self.rank is not None:
+            rank = self.rank
+        if self.world_size is not None:
+            world_size = self.world_size
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not within world_size {world_size}")
+        return (rank, world_size, *dataloader_worker())
+
+    def shards_for(self, epoch: int, rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
+        shards = list(self.shards)
+        if self.shuffle:  # the same order on every rank and worker, so the split stays disjoint
+            random.Random(f"fastwds-shards-{self.seed}-{epoch}").shuffle(shards)
+        return split_shards(shards, rank, world_size, worker, num_workers)
+
+    def raw_samples(self, shards: Iterable[str], read_value: Any = None) -> Iterator[dict]:
+        for shard in shards:
+            with _open_shard(shard) as stream:
+                yield from iter_samples(iter_members(stream, shard, read_value), shard)
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch = self.epoch + self._iterations
+        self._iterations += 1
+        placement = self.placement()
+        decoders = decoders_for(self.decode)
+        # .npy members go straight from the file into their arrays, unless the caller decodes npy.
+        fast_npy = read_npy if decoders is not None and decoders.get("npy") is load_npy else None
+        samples = self.raw_samples(self.shards_for(epoch, *placement), fast_npy)
+        if self.shuffle:
+            rng = random.Random(f"fastwds-samples-{self.seed}-{epoch}-{placement[0]}-{placement[2]}")
+            samples = shuffled(samples, self.buffer_size, self.buffer_bytes, rng)
+        if decoders is None:
+            return samples
+        return (decode_sample(sample, decoders) for sample in samples)
+
+    def __repr__(self) -> str:
+        return f"fastwds.WebDataset({len(self.shards)} shards, shuffle={self.shuffle}, decode={self.decode!r})"
+
+
+def register_with_torch() -> None:
+    """Make ``isinstance(dataset, torch.utils.data.IterableDataset)`` true (DataLoader asks), if
+    torch is imported; without importing it."""
+    torch_data = sys.modules.get("torch.utils.data")
+    if torch_data is not None and not issubclass(WebDataset, torch_data.IterableDataset):
+        torch_data.IterableDataset.register(WebDataset)
+
+
+def collate(samples: list[dict]) -> dict[str, Any]:
+    """Batch sample dicts: per key, torch's ``default_collate`` (arrays of one shape become one
+    tensor, numbers a tensor, strings a list); values it cannot batch (different shapes, None,
+    images, nested JSON) stay a list."""
+    from torch.utils.data import default_collate
+
+    batch = {}
+    for name in samples[0]:
+        values = [sample.get(name) for sample in samples]
+        try:
+            batch[name] = default_collate(values)
+        except (TypeError, RuntimeError):
+            batch[name] = values
+    return batch
+
+
+def make_loader(urls_or_dataset: Urls | WebDataset, *, batch_size: int | None = None, num_workers: int = 0,
+                prefetch_factor: int | None = 2, persistent_workers: bool = False, pin_memory: bool = False,
+                collate_fn: Callable[[list], Any] | None = None, **dataset_options: Any) -> Any:
+    """A ``torch.utils.data.DataLoader`` over a ``WebDataset`` (given, or made from the urls and
+    ``dataset_options``). ``batch_size=None`` yields samples one by one; with a batch size,
+    ``collate_fn`` defaults to ``collate``."""
+    import torch.utils.data
+
+    register_with_torch()
+    if isinstance(urls_or_dataset, WebDataset):
+        if dataset_options:
+            raise TypeError(f"options {sorted(dataset_options)} are for a new WebDataset; this one is made")
+        dataset = urls_or_dataset
+    else:
+        dataset = WebDataset(urls_or_dataset, **dataset_options)
+    options: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory}
+    if batch_size is not None:
+        options["collate_fn"] = collate_fn or collate
+    elif collate_fn is not None:
+        options["collate_fn"] = collate_fn
+    if num_workers > 0:
+        options.update(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers)
+    return torch.utils.data.DataLoader(dataset, **options)
+
+
+register_with_torch()

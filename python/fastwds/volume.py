@@ -1,0 +1,221 @@
+"""float16 volumes: stream an array out of an ``.npz`` file into float16, chunk by chunk, counting
+what float16 cannot hold (NaN, inf, values beyond its range) and measuring the rounding error.
+
+Memory: the float32 data is never held whole. It is read from the zip member in chunks of
+``CHUNK_ELEMENTS`` values, each converted into a preallocated float16 array; the chunk and its
+error temporaries are a few MB. Encoding the ``.npy`` member then copies the float16 array once
+(``npy_member``). So one volume costs about twice its float16 size at the peak.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+ROUNDS_TO_INF = 65520.0  # the smallest magnitude that float16 rounds to inf
+CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32 per read
+OUTPUT_DTYPE = np.dtype("<f2")
+
+
+class VolumeReadError(Exception):
+    """A volume cannot be read: ``reason`` is a stable code for the rejects file."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class VolumeStats:
+    """What the float16 conversion did to one volume. Errors are |float16 - source| over the
+    source's finite values (so they include clipping); NaN and inf have no error to measure."""
+
+    shape: list[int]
+    source_dtype: str
+    fortran_order: bool
+    elements: int
+    source_min: float | None = None  # over finite values
+    source_max: float | None = None
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    overflow: int = 0  # finite values that become inf in float16 (|x| >= 65520)
+    clipped: int = 0  # values replaced by clipping: NaN -> 0, +-inf and overflow -> +-65504
+    max_abs_error: float | None = None
+    rmse: float | None = None
+    compared: int = 0  # finite values the errors are measured over
+
+    @property
+    def problems(self) -> int:
+        return self.nan + self.posinf + self.neginf + self.overflow
+
+    def problem_text(self) -> str:
+        parts = [f"{count} {name}" for name, count in
+                 (("NaN", self.nan), ("+inf", self.posinf), ("-inf", self.neginf)) if count]
+        if self.overflow:
+            parts.append(f"{self.overflow} value(s) beyond the float16 range (+-{FLOAT16_MAX:g}); "
+                         f"source range [{self.source_min:g}, {self.source_max:g}]")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """As JSON allows it: an infinite error (float64 squares of absurd clipped values) is null."""
+        return {name: None if isinstance(value, float) and not math.isfinite(value) else value
+                for name, value in asdict(self).items()}
+
+
+@dataclass
+class _Accumulator:
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    max_error: float = 0.0
+    squared_error: float = 0.0
+    compared: int = 0
+
+
+def choose_member(archive: zipfile.ZipFile, array: str | None) -> str:
+    """The ``.npy`` member holding the volume: ``array`` by name, else the only array."""
+    arrays = [n for n in archive.namelist() if n.endswith(".npy")]
+    if array is not None:
+        if f"{array}.npy" not in arrays:
+            raise VolumeReadError("array_not_found", f"no array {array!r} (arrays: "
+                                  f"{', '.join(n[:-4] for n in arrays) or 'none'})")
+        return f"{array}.npy"
+    if len(arrays) != 1:
+        raise VolumeReadError("array_not_found", f"{len(arrays)} arrays "
+                              f"({', '.join(n[:-4] for n in arrays) or 'none'}); name one with --array")
+    return arrays[0]
+
+
+def read_npy_header(stream: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise VolumeReadError("unreadable_volume", f"unsupported .npy format version {version}")
+    except (ValueError, EOFError) as error:
+        raise VolumeReadError("unreadable_volume", f"bad .npy header: {error}") from None
+    if dtype.hasobject:
+        raise VolumeReadError("not_numeric", "object array: reading it would mean unpickling, which "
+                              "fastwds never does")
+    if dtype.kind not in "biuf":
+        raise VolumeReadError("not_numeric", f"dtype {dtype} cannot become float16")
+    return shape, fortran_order, dtype
+
+
+def npz_to_float16(path: str, array: str | None = None, clip: bool = False) -> tuple[np.ndarray, VolumeStats]:
+    """Read the volume in ``path`` (an ``.npz``) as a flat float16 array (in the file's element
+    order) and its statistics. With ``clip``, NaN becomes 0 and +-inf and out-of-range values
+    become +-65504; without it they become NaN/inf (the caller decides what to do with them).
+    Raises ``VolumeReadError`` for files that cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            with archive.open(choose_member(archive, array)) as member:
+                shape, fortran_order, dtype = read_npy_header(member)
+                count = math.prod(shape)
+                stats = VolumeStats(list(shape), dtype.str if dtype.byteorder != "|" else dtype.name,
+                                    fortran_order, count)
+                out = np.empty(count, OUTPUT_DTYPE)
+                _convert_stream(member, dtype, out, stats, clip)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        # Also a bad CRC: zipfile checks it when the member's last byte has been read.
+        raise VolumeReadError("unreadable_volume", f"{type(error).__name__}: {error}") from None
+    return out, stats
+
+
+def _convert_stream(member: Any, dtype: np.dtype, out: np.ndarray, stats: VolumeStats, clip: bool) -> None:
+    # Error arithmetic in float32 is exact enough for float32 and smaller sources (the float16
+    # value converts to float32 exactly); wider sources get float64.
+    error_dtype = np.result_type(dtype, np.float32)
+    totals = _Accumulator()
+    position = 0
+    while position < out.size:
+        n = min(CHUNK_ELEMENTS, out.size - position)
+        raw = member.read(n * dtype.itemsize)
+        if len(raw) != n * dtype.itemsize:
+            raise VolumeReadError("unreadable_volume", f"array data cut short: {position + len(raw) // dtype.itemsize}"
+                                  f" of {out.size} values")
+        _convert_chunk(np.frombuffer(raw, dtype), out[position:position + n], error_dtype, stats, totals, clip)
+        position += n
+    member.read(1)  # reach the end of the member, so zipfile verifies its CRC
+    if totals.minimum <= totals.maximum:  # some finite value was seen
+        stats.source_min, stats.source_max = float(totals.minimum), float(totals.maximum)
+    if totals.compared:
+        stats.max_abs_error = float(totals.max_error)
+        stats.rmse = math.sqrt(totals.squared_error / totals.compared)
+    stats.compared = totals.compared
+
+
+def _convert_chunk(source: np.ndarray, out: np.ndarray, error_dtype: np.dtype, stats: VolumeStats,
+                   totals: _Accumulator, clip: bool) -> None:
+    with np.errstate(over="ignore", invalid="ignore"):
+        out[...] = source
+    lowest, highest = float(source.min()), float(source.max())  # NaN if there is any NaN
+    if not -ROUNDS_TO_INF < lowest <= highest < ROUNDS_TO_INF:
+        # Rare: NaN/inf in the source, or values float16 cannot hold.
+        finite = np.isfinite(source)
+        stats.nan += int(np.isnan(source).sum())
+        stats.posinf += int(np.isposinf(source).sum())
+        stats.neginf += int(np.isneginf(source).sum())
+        stats.overflow += int((np.isinf(out) & finite).sum())
+        if clip:
+            bad = ~np.isfinite(out)
+            stats.clipped += int(bad.sum())
+            fixed = np.nan_to_num(source[bad].astype(np.float64), nan=0.0, posinf=FLOAT16_MAX, neginf=-FLOAT16_MAX)
+            out[bad] = np.clip(fixed, -FLOAT16_MAX, FLOAT16_MAX)
+        if not finite.any():
+            return
+        totals.minimum = min(totals.minimum, float(source[finite].min()))
+        totals.maximum = max(totals.maximum, float(source[finite].max()))
+        # Unclipped overflow has no finite error to measure; clipped values do (|65504 - x|).
+        measured = finite & np.isfinite(out)
+        source, out = source[measured], out[measured]
+        if source.size == 0:
+            return
+    else:
+        totals.minimum = min(totals.minimum, lowest)
+        totals.maximum = max(totals.maximum, highest)
+    with np.errstate(over="ignore", invalid="ignore"):
+        error = out.astype(error_dtype)
+        error -= source
+        np.abs(error, out=error)
+        largest = float(error.max())
+        totals.max_error = max(totals.max_error, largest)
+        if largest > 1e18:  # clipped absurd values: their squares overflow float32
+            error = error.astype(np.float64)
+        np.square(error, out=error)
+    totals.squared_error += float(error.sum(dtype=np.float64))
+    totals.compared += source.size
+
+
+def npy_header(shape: tuple[int, ...] | list[int], fortran_order: bool, dtype: np.dtype = OUTPUT_DTYPE) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for such an array (format 1.0)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                  "fortran_order": fortran_order, "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+def npy_member(flat: np.ndarray, shape: tuple[int, ...] | list[int], fortran_order: bool,
+               zstd_level: int | None = None) -> bytes:
+    """``.npy`` bytes of ``flat`` (elements in file order) as ``np.save`` would write them;
+    zstd-compressed with ``zstd_level``. One copy of the data (the bytes object itself)."""
+    header = npy_header(shape, fortran_order, flat.dtype)
+    if zstd_level is None:
+        return b"".join((header, flat))
+    import zstandard
+
+    # Single-threaded zstd with the content size in the frame: the same input gives the same
+    # bytes, and decoders can allocate the output at once.
+    compressor = zstandard.ZstdCompressor(level=zstd_level).compressobj(size=len(header) + flat.nbytes)
+    return b"".join((compressor.compress(header), compressor.compress(flat), compressor.flush()))

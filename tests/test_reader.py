@@ -1,0 +1,320 @@
+"""fastwds.WebDataset / make_loader: shards from fastwds, webdataset and tarfile, split across real
+DataLoader workers and simulated ranks, shuffled deterministically, decoded without unpickling,
+and refusing members that point outside the archive."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import pickle
+import subprocess
+import sys
+import tarfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from conftest import jpeg_bytes, png_bytes
+
+import fastwds
+from fastwds.decode import read_npy
+from fastwds.reader import expand_braces, shuffled, split_shards
+from fastwds.tarstream import ShardFormatError, UnsafeMemberError, iter_members
+
+COUNT = 40
+
+
+def array_of(i: int) -> np.ndarray:
+    return np.arange(6, dtype=np.float16).reshape(2, 3) + i
+
+
+def sample_of(i: int) -> dict:
+    return {"__key__": f"s{i:04d}", "npy": array_of(i), "json": {"i": i, "name": f"sample {i}"},
+            "txt": f"caption {i}", "cls": str(i % 5).encode(), "labels.npy": np.array([i, 1], np.float32)}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("shards")
+    with fastwds.ShardWriter(str(folder / "part-%06d.tar"), maxcount=5) as writer:
+        for i in range(COUNT):
+            writer.write(sample_of(i))
+    return [str(p) for p in sorted(folder.glob("*.tar"))]
+
+
+def keys(samples) -> list[str]:
+    return [s["__key__"] for s in samples]
+
+
+def test_decodes_every_member_kind(shards):
+    samples = list(fastwds.WebDataset(shards))
+    assert keys(samples) == [f"s{i:04d}" for i in range(COUNT)]
+    for i, sample in enumerate(samples):
+        np.testing.assert_array_equal(sample["npy"], array_of(i))
+        assert sample["npy"].dtype == np.float16 and sample["npy"].flags.writeable
+        assert sample["json"] == {"i": i, "name": f"sample {i}"}
+        assert sample["txt"] == f"caption {i}" and sample["cls"] == i % 5
+        np.testing.assert_array_equal(sample["labels.npy"], [i, 1])
+        assert sample["__url__"] == shards[i // 5]
+    raw = list(fastwds.WebDataset(shards, decode=False))
+    assert all(isinstance(v, bytes) for s in raw for k, v in s.items() if not k.startswith("__"))
+    assert np.load(io.BytesIO(raw[3]["npy"])).tolist() == array_of(3).tolist()
+    custom = next(iter(fastwds.WebDataset(shards, decode={"txt": None, "cls": float})))
+    assert custom["txt"] == b"caption 0" and custom["cls"] == 0.0 and custom["json"]["i"] == 0
+
+
+def test_images_zstd_gzip_and_unknown_members(tmp_path):
+    jpg, png = jpeg_bytes(), png_bytes(mode="RGBA")
+    npy = io.BytesIO()
+    np.save(npy, np.eye(3, dtype=np.float16))
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(npy.getvalue())
+    members = {"jpg": jpg, "0.png": png, "npy.zst": zstandard.ZstdCompressor().compress(npy.getvalue()),
+               "unsized.npy.zst": unsized, "txt.zst": zstandard.ZstdCompressor().compress(b"hello"),
+               "json.gz": gzip.compress(b'{"a": 1}'), "bin": b"\x00\x01", "weird.thing": b"keep me"}
+    with fastwds.ShardWriter(str(tmp_path / "m-%06d.tar")) as writer:
+        writer.write({"__key__": "k", **members})
+    [sample] = fastwds.WebDataset(str(tmp_path / "m-000000.tar"))
+    assert isinstance(sample["jpg"], Image.Image) and sample["jpg"].size == (64, 48)
+    assert sample["0.png"].mode == "RGBA"
+    np.testing.assert_array_equal(sample["npy.zst"], np.eye(3, dtype=np.float16))
+    np.testing.assert_array_equal(sample["unsized.npy.zst"], np.eye(3, dtype=np.float16))
+    assert sample["txt.zst"] == "hello"
+    assert sample["json.gz"] == {"a": 1}
+    assert sample["bin"] == b"\x00\x01" and sample["weird.thing"] == b"keep me"
+
+
+def test_dataloader_with_two_workers_delivers_every_sample_once(shards):
+    dataset = fastwds.WebDataset(shards)
+    assert isinstance(dataset, IterableDataset)
+    loader = DataLoader(dataset, batch_size=None, num_workers=2)
+    seen = Counter(s["__key__"] for s in loader)
+    assert seen == Counter(f"s{i:04d}" for i in range(COUNT))
+    batches = list(fastwds.make_loader(shards, batch_size=4, num_workers=2, prefetch_factor=2))
+    assert sorted(k for b in batches for k in b["__key__"]) == [f"s{i:04d}" for i in range(COUNT)]
+    first = batches[0]
+    assert isinstance(first["npy"], torch.Tensor) and first["npy"].shape == (4, 2, 3)
+    assert isinstance(first["json"], dict) and len(first["txt"]) == 4
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_and_workers_split_shards_without_duplicates(shards, world_size, monkeypatch):
+    seen = Counter()
+    for rank in range(world_size):
+        loader = fastwds.make_loader(shards, num_workers=2, rank=rank, world_size=world_size)
+        seen.update(s["__key__"] for s in loader)
+    assert seen == Counter(f"s{i:04d}" for i in range(COUNT))
+    # Without arguments the rank comes from the environment torchrun sets.
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    from_env = keys(fastwds.WebDataset(shards))
+    expected = keys(fastwds.WebDataset(split_shards(shards, 1, world_size, 0, 1), rank=0, world_size=1))
+    assert from_env == expected and 0 < len(from_env) < COUNT
+
+
+def test_split_shards_covers_everything_exactly_once():
+    shards = [f"s{i}" for i in range(23)]
+    parts = [split_shards(shards, r, 3, w, 4) for r in range(3) for w in range(4)]
+    assert sorted(s for part in parts for s in part) == sorted(shards)
+
+
+def test_shuffle_is_deterministic_per_seed_and_epoch(shards):
+    def order(seed: int, epoch: int) -> list[str]:
+        dataset = fastwds.WebDataset(shards, shuffle=True, buffer_size=10, seed=seed)
+        dataset.set_epoch(epoch)
+        return keys(dataset)
+
+    plain = keys(fastwds.WebDataset(shards))
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0) and order(0, 0) != plain
+    assert sorted(order(3, 7)) == plain
+    # A copy iterated again (a persistent DataLoader worker never sees set_epoch) moves on.
+    dataset = fastwds.WebDataset(shards, shuffle=True, buffer_size=10)
+    first, second = keys(dataset), keys(dataset)
+    assert first == order(0, 0) and second == order(0, 1)
+    loader = fastwds.make_loader(shards, num_workers=2, persistent_workers=True, shuffle=True, buffer_size=10)
+    epochs = [[s["__key__"] for s in loader] for _ in range(2)]
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1]) == plain
+
+
+def test_shuffle_buffer_keeps_its_limits():
+    import random
+
+    samples = [{"__key__": str(i), "x": bytes(10)} for i in range(100)]
+    assert [s["__key__"] for s in shuffled(iter(samples), 1, 10**9, random.Random(0))] == [str(i) for i in range(100)]
+    held = []
+
+    def counted():
+        for position, sample in enumerate(samples):
+            held.append(position)
+            yield sample
+
+    out = []
+    for sample in shuffled(counted(), 50, 35, random.Random(0)):
+        out.append(sample)
+        assert len(held) - len(out) <= 3  # 35 bytes hold at most 3 samples of 10
+    assert sorted(int(s["__key__"]) for s in out) == list(range(100))
+
+
+def test_urls_from_manifest_folder_glob_braces_and_wids(tmp_path):
+    assert expand_braces("a-{000..002}-{x,y}.tar") == ["a-000-x.tar", "a-000-y.tar", "a-001-x.tar", "a-001-y.tar",
+                                                       "a-002-x.tar", "a-002-y.tar"]
+    data = tmp_path / "data"
+    data.mkdir()
+    volume = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 2, 2, 2)
+    for i in range(5):
+        np.savez(data / f"v{i}.npz", volume * i / 5)
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "fastwds", "convert", "npz", str(data), str(out), "--samples-per-shard", "2",
+                    "--num-workers", "1", "--no-progress"], check=True, capture_output=True)
+    expected = [f"v{i}" for i in range(5)]
+    assert keys(fastwds.WebDataset(out)) == expected
+    assert keys(fastwds.WebDataset(out / "manifest.json")) == expected
+    assert keys(fastwds.WebDataset(out / "index.wids.json")) == expected
+    assert keys(fastwds.WebDataset(str(out / "*.tar"))) == expected
+    assert keys(fastwds.WebDataset(str(out / "data-{000000..000002}.tar"))) == expected
+    with pytest.raises(fastwds.InvalidInputError, match="no shards match"):
+        fastwds.WebDataset(str(out / "nothing-*.tar"))
+    with pytest.raises(fastwds.InvalidInputError, match="local files only"):
+        fastwds.WebDataset("https://example.org/a.tar")
+
+
+def test_reads_webdataset_pax_and_tarfile_gnu_and_ustar_prefix_shards(tmp_path):
+    import webdataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        with webdataset.TarWriter(str(tmp_path / "wds.tar")) as writer:
+            for i in range(3):
+                writer.write({"__key__": f"deep/dir/{'x' * 120}{i}", "npy": array_of(i), "txt": "hi"})
+    samples = list(fastwds.WebDataset(str(tmp_path / "wds.tar")))
+    assert keys(samples) == [f"deep/dir/{'x' * 120}{i}" for i in range(3)]
+    np.testing.assert_array_equal(samples[2]["npy"], array_of(2))
+    long_dir = "p" * 90 + "/" + "q" * 40
+    for name, tar_format in (("gnu.tar", tarfile.GNU_FORMAT), ("ustar.tar", tarfile.USTAR_FORMAT),
+                             ("pax.tar", tarfile.PAX_FORMAT)):
+        with tarfile.open(tmp_path / name, "w", format=tar_format) as tar:
+            directory = tarfile.TarInfo(long_dir)
+            directory.type = tarfile.DIRTYPE
+            tar.addfile(directory)
+            for member, data in ((f"{long_dir}/a.txt", b"A"), (f"{long_dir}/a.json", b"[1]"), ("b.txt", b"B")):
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            link = tarfile.TarInfo("c.txt")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "/etc/passwd"
+            tar.addfile(link)
+        samples = list(fastwds.WebDataset(str(tmp_path / name)))
+        assert [(s["__key__"], s.get("txt"), s.get("json")) for s in samples] == \
+               [(f"{long_dir}/a", "A", [1]), ("b", "B", None)], name
+
+
+def crafted_tar(path: Path, members: dict[str, bytes]) -> str:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["../x.npy", "a/../../x.npy", "/etc/x.npy"])
+def test_members_escaping_the_archive_are_refused(tmp_path, name):
+    shard = crafted_tar(tmp_path / "evil.tar", {"ok.txt": b"fine", name: b"\x93NUMPY"})
+    with pytest.raises(UnsafeMemberError, match="points outside the archive"):
+        list(fastwds.WebDataset(shard, decode=False))
+
+
+class Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_nothing_is_ever_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(Evil(str(marker)))
+    object_npy = io.BytesIO()
+    np.save(object_npy, np.array([Evil(str(marker))], dtype=object), allow_pickle=True)
+    assert not marker.exists()
+    shard = crafted_tar(tmp_path / "p.tar", {"a.pickle": payload, "a.pyd": payload, "a.pth": payload,
+                                              "b.npy": object_npy.getvalue()})
+    dataset = iter(fastwds.WebDataset(shard))
+    first = next(dataset)
+    assert first["pickle"] == payload and first["pyd"] == payload and first["pth"] == payload
+    with pytest.raises(ValueError, match="allow_pickle"):
+        next(dataset)
+    assert not marker.exists()
+
+
+def test_damaged_shards_fail_clearly(tmp_path, shards):
+    data = Path(shards[0]).read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[:2000])
+    with pytest.raises(ShardFormatError, match="cut short"):
+        list(fastwds.WebDataset(str(tmp_path / "cut.tar")))
+    (tmp_path / "junk.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(ShardFormatError, match="checksum"):
+        list(fastwds.WebDataset(str(tmp_path / "junk.tar")))
+    twice = crafted_tar(tmp_path / "twice.tar", {"a.txt": b"1", "a.json": b"2", "a.TXT": b"3"})
+    with pytest.raises(ShardFormatError, match="'txt' twice"):
+        list(fastwds.WebDataset(twice))
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(24, dtype=">f4").reshape(2, 3, 4),
+    np.asfortranarray(np.arange(24, dtype=np.float16).reshape(2, 3, 4)),
+    np.zeros((0, 3), np.int16),
+    np.array(3.5),
+    np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+])
+def test_read_npy_matches_np_load(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    data = buffer.getvalue()
+    stream = io.BytesIO(data + b"rest")
+    loaded = read_npy("k.npy", len(data), stream)
+    assert stream.read() == b"rest"
+    expected = np.load(io.BytesIO(data))
+    assert loaded.dtype == expected.dtype and loaded.shape == expected.shape
+    np.testing.assert_array_equal(loaded, expected)
+    assert loaded.flags.f_contiguous == expected.flags.f_contiguous
+
+
+def test_import_fastwds_does_not_import_torch():
+    code = "import sys, fastwds; fastwds.WebDataset; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+
+member_names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_/-]{0,150}", fullmatch=True).filter(
+    lambda n: "//" not in n and not n.endswith("/"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(member_names, st.sampled_from(["txt", "bin", "0.dat"]), st.binary(max_size=1500)),
+                min_size=1, max_size=6),
+       st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]))
+def test_raw_members_match_tarfile(tmp_path_factory, members, tar_format):
+    path = tmp_path_factory.mktemp("prop") / "p.tar"
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        for stem, ext, data in members:
+            info = tarfile.TarInfo(f"{stem}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with open(path, "rb") as stream:
+        assert list(iter_members(stream, str(path))) == expected
