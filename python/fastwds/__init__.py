@@ -11,6 +11,7 @@ from fastwds.errors import (
     WriterClosedError,
 )
 from fastwds.indexes import write_wids_index
+from fastwds.reader import WebDataset, make_loader
 from fastwds.writer import ShardWriter
 
 __all__ = [
@@ -22,8 +23,10 @@ __all__ = [
     "ShardPatternError",
     "ShardRecord",
     "ShardWriter",
+    "WebDataset",
     "WriterClosedError",
     "__version__",
+    "make_loader",
     "portable_key",
     "write_wids_index",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from fastwds.bench import convert, write
+from fastwds.bench import read
 from fastwds.bench.harness import positive
 
 
@@ -25,6 +26,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "write": Subcommand(write.HELP, write.add_arguments, write.run),
 }
 SUBCOMMANDS["convert"] = Subcommand(convert.HELP, convert.add_arguments, convert.run)
+SUBCOMMANDS["read"] = Subcommand(read.HELP, read.add_arguments, read.run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

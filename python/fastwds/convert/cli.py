@@ -121,6 +121,8 @@ def print_summary(manifest: dict[str, Any], output_dir: str, as_json: bool) -> N
                    "invalid_by_reason": manifest["invalid_by_reason"],
                    "elapsed_seconds": manifest["elapsed_seconds"], "resumed": manifest["resumed"],
                    "shards": [s["name"] for s in manifest["shards"]]}
+        if "stats" in manifest:  # a source's own totals (summarize hook), e.g. npz precision
+            summary["stats"] = manifest["stats"]
         json.dump(summary, sys.stdout, indent=2)
         print()
         return
@@ -149,3 +151,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  description="Convert a folder of LLaVA-style parquet into validated shards.")
     add_parquet_arguments(parquet)
     parquet.set_defaults(run=run_parquet)
+    from fastwds.convert.npz_cli import add_npz_parser  # imports this module: import on use
+
+    add_npz_parser(sources)
