@@ -1,0 +1,313 @@
+"""`fastwds convert sft` end to end, through the CLI as a user runs it: validation reasons,
+media members and the Energon-style sample JSON, read back with webdataset and tarfile."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import jpeg_bytes, read_members, read_webdataset
+from sft_data import chat, make_image_dataset, make_video_dataset, video_bytes
+
+from fastwds.convert.options import ConvertOptions
+from fastwds.convert.run import convert
+from fastwds.sources.sft import SftOptions, check_names_agree, plan_sft, read_slice
+from fastwds.video import VideoInfo, inspect_video
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "fastwds", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_dataset(tmp_path_factory.mktemp("sft-images"))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return make_video_dataset(tmp_path_factory.mktemp("sft-videos"))
+
+
+@pytest.fixture(scope="module")
+def converted(images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("converted") / "out"
+    run_cli("convert", "sft", str(images.root / "data.json"), str(images.root / "nested" / "*.jsonl"), str(out),
+            "--max-samples-per-shard", "4", "--no-progress")
+    return out
+
+
+def samples_by_id(output: Path) -> dict[str, dict]:
+    manifest = json.loads((output / "manifest.json").read_text())
+    samples = {}
+    for sample in read_webdataset([str(output / s["name"]) for s in manifest["shards"]]):
+        document = json.loads(sample["json"])
+        assert document["id"] not in samples, f"{document['id']} written twice"
+        samples[document["id"]] = sample
+    return samples
+
+
+def test_every_reason_is_named_and_every_valid_row_arrives_with_its_media(images, converted):
+    rejects = [json.loads(line) for line in (converted / "rejects.jsonl").read_text().splitlines()]
+    assert Counter(r["reason"] for r in rejects) == Counter(e.reason for e in images.expected if e.reason)
+    assert {r["id"]: r["reason"] for r in rejects} == {e.id: e.reason for e in images.expected if e.reason}
+    details = {r["id"]: r["detail"] for r in rejects}
+    assert str(images.root / "images" / "nope.jpg") in details["missing"]
+    assert str(images.root / "images" / "a-folder.jpg") in details["folder"]
+    assert details["nested__more-1"].startswith("line 3:")  # the JSONL line number, blank lines counted
+
+    samples = samples_by_id(converted)
+    assert sorted(samples) == sorted(e.id for e in images.valid)
+    for expected in images.valid:
+        sample = samples[expected.id]
+        document = json.loads(sample["json"])
+        assert list(document) == ["media", "name", "texts", "id", "source"]
+        assert document["name"] == expected.exts
+        # The members are exactly the ones named, with the original bytes (no re-encoding).
+        assert sorted(k for k in sample if not k.startswith("__") and k != "json") == sorted(expected.exts)
+        assert [sample[name] for name in document["name"]] == [images.files[f] for f in expected.media]
+        assert document["media"] == ("image" if expected.media else "text")
+        assert all(turn.keys() == {"role", "content"} for turn in document["texts"])
+        assert [t["content"] for t in document["texts"] if t["role"] == "system"] == (
+            [expected.system] if expected.system is not None else [])
+    assert json.loads(samples["plain"]["json"])["texts"][0] == {"role": "user", "content": "<image>\nWhat?"}
+    assert json.loads(samples["data-6"]["json"])["source"] == {"file": "data.json", "row": 6}
+    assert json.loads(samples["nested-relative"]["json"])["source"] == {"file": "nested/more.jsonl", "row": 0}
+
+
+def test_shards_read_with_tarfile_and_each_member_belongs_to_its_sample(converted):
+    manifest = json.loads((converted / "manifest.json").read_text())
+    assert len(manifest["shards"]) >= 4  # --max-samples-per-shard 4
+    for shard in manifest["shards"]:
+        members = read_members(converted / shard["name"])
+        keys = [m.name.split(".", 1)[0] for m in members]
+        assert len(set(keys)) == shard["samples"]
+        assert (converted / (shard["name"] + ".idx")).stat().st_size == 8 * (shard["samples"] + 1)
+
+
+def test_videos_pass_through_named_by_their_container(videos, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("convert", "sft", str(videos.root / "videos.jsonl"), str(out), "--media", "video", "--json")
+    summary = json.loads(result.stdout)
+    assert summary["invalid_by_reason"] == dict(Counter(e.reason for e in videos.expected if e.reason))
+    samples = samples_by_id(out)
+    assert sorted(samples) == sorted(e.id for e in videos.valid)
+    for expected in videos.valid:
+        document = json.loads(samples[expected.id]["json"])
+        assert document["name"] == expected.exts
+        assert document["media"] == ("video" if expected.media else "text")
+        assert [samples[expected.id][n] for n in document["name"]] == [videos.files[f] for f in expected.media]
+
+
+def test_media_root(tmp_path):
+    media = tmp_path / "elsewhere"
+    media.mkdir()
+    (media / "x.jpg").write_bytes(jpeg_bytes(seed=3))
+    data = tmp_path / "json" / "data.jsonl"
+    data.parent.mkdir()
+    data.write_text(json.dumps({"id": "x", "image": "x.jpg", "messages": chat("<image>")}) + "\n")
+    out = tmp_path / "out"
+    missing = json.loads(run_cli("convert", "sft", str(data), str(out), "--json").stdout)
+    assert missing["invalid_by_reason"] == {"media_missing": 1}  # relative to the JSON file by default
+    found = json.loads(run_cli("convert", "sft", str(data), str(out), "--overwrite", "--json",
+                               "--media-root", str(media)).stdout)
+    assert found["samples"] == 1 and samples_by_id(out)["x"]["jpg"] == jpeg_bytes(seed=3)
+
+
+def test_keep_writes_invalid_rows_flagged_and_names_still_match_members(images, tmp_path):
+    out = tmp_path / "out"
+    run_cli("convert", "sft", str(images.root / "data.json"), str(out), "--on-invalid", "keep", "--no-progress")
+    samples = samples_by_id(out)
+    for sample_id in ("missing", "folder", "too-few", "truncated"):
+        document = json.loads(samples[sample_id]["json"])
+        assert document["invalid"]["reason"] in ("media_missing", "media_unreadable", "image_token_mismatch",
+                                                 "image_truncated")
+    for sample in samples.values():
+        document = json.loads(sample["json"])
+        assert set(document["name"]) == {k for k in sample if not k.startswith("__") and k != "json"}
+    # Media that failed their checks are not written, so the name list cannot promise them.
+    assert json.loads(samples["truncated"]["json"])["name"] == []
+    assert json.loads(samples["too-few"]["json"])["name"] == ["jpg"]
+
+
+def test_fail_stops_at_the_first_invalid_row_naming_it(images, tmp_path):
+    result = run_cli("convert", "sft", str(images.root / "data.json"), str(tmp_path / "out"), "--on-invalid",
+                     "fail", "--no-progress", check=False)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fastwds: error: ") and "data.json row" in last
+
+
+def test_same_bytes_for_any_worker_count_and_resume_is_a_noop(images, tmp_path):
+    outputs = []
+    for workers in ("1", "3"):
+        out = tmp_path / f"w{workers}"
+        run_cli("convert", "sft", str(images.root / "data.json"), str(images.root / "nested" / "more.jsonl"),
+                str(out), "--max-samples-per-shard", "3", "--num-workers", workers, "--split-ratio", "8,1,1",
+                "--no-progress")
+        outputs.append(out)
+
+    def files(out: Path) -> dict[str, bytes]:
+        found = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
+                 if p.is_file() and ".fastwds" not in p.parts and p.name not in ("manifest.json", "index.wids.json")}
+        assert any(name.startswith(".nv-meta/") for name in found)
+        return found
+
+    first = files(outputs[0])
+    assert first == files(outputs[1])
+    again = run_cli("convert", "sft", str(images.root / "data.json"), str(images.root / "nested" / "more.jsonl"),
+                    str(outputs[0]), "--max-samples-per-shard", "3", "--split-ratio", "8,1,1", check=False)
+    assert again.returncode == 1 and "--resume" in again.stderr
+    run_cli("convert", "sft", str(images.root / "data.json"), str(images.root / "nested" / "more.jsonl"),
+            str(outputs[0]), "--max-samples-per-shard", "3", "--split-ratio", "8,1,1", "--resume", "--no-progress")
+    assert files(outputs[0]) == first
+    changed = run_cli("convert", "sft", str(images.root / "data.json"), str(images.root / "nested" / "more.jsonl"),
+                      str(outputs[0]), "--max-samples-per-shard", "3", "--split-ratio", "1,0,0", "--resume",
+                      check=False)
+    assert changed.returncode == 1 and "split_ratio" not in changed.stderr and "source_options" in changed.stderr
+
+
+def test_clear_errors_for_bad_input(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": "a"},\n {"id": }]')
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": [{"id": "a", "messages": chat("hi")}]}, indent=2))
+    cases = [
+        ((str(wrapped), str(tmp_path / "o")), "a JSON object with keys ['data'], not a list of samples"),
+        ((str(bad), str(tmp_path / "o")), "bad.json: invalid JSON at line 2"),
+        ((str(tmp_path / "none.json"), str(tmp_path / "o")), "none.json: no such file"),
+        ((str(tmp_path / "*.nothing"), str(tmp_path / "o")), "no file matches"),
+        ((str(bad), str(bad)), "the last argument must be the output folder"),
+        ((str(bad),), "at least one DATA file"),
+        ((str(bad), str(tmp_path / "o"), "--media-root", str(tmp_path / "nope")), "no such folder"),
+        ((str(bad), str(tmp_path / "o"), "--energon-sample-type", "nocolon"), "expected MODULE:CLASS"),
+        ((str(bad), str(tmp_path / "o"), "--no-energon", "--split-ratio", "8,1,1"), "needs --energon"),
+    ]
+    for args, message in cases:
+        result = run_cli("convert", "sft", *args, check=False)
+        assert result.returncode == 1, args
+        assert result.stderr.strip().splitlines()[-1].startswith("fastwds: error: ") and message in result.stderr
+    usage = run_cli("convert", "sft", str(bad), str(tmp_path / "o"), "--split-ratio", "8,1", check=False)
+    assert usage.returncode == 2 and "not a train,val,test ratio" in usage.stderr
+
+
+def test_names_that_disagree_with_members_are_refused():
+    check_names_agree("ok", ["0.jpg", "1.png"], {"0.jpg": b"x", "1.png": b"y", "json": b"{}"})
+    for names, members in ((["jpg"], {"json": b"{}"}), ([], {"jpg": b"x", "json": b"{}"}),
+                           (["jpg", "jpg"], {"jpg": b"x", "json": b"{}"}), (["jpg"], {"jpg": b"", "json": b"{}"})):
+        with pytest.raises(Exception, match="does not match"):
+            check_names_agree("bad", names, members)
+
+
+rows_strategy = st.lists(st.fixed_dictionaries({
+    "id": st.text(min_size=1, max_size=8),
+    "messages": st.just(chat("hi")),
+    "note": st.text(max_size=12),  # non-ASCII text moves byte offsets away from character offsets
+}), max_size=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=rows_strategy, indent=st.sampled_from([None, 0, 2]), bom=st.booleans(), jsonl=st.booleans(),
+       per_task=st.integers(1, 5))
+def test_each_task_reads_exactly_its_rows_from_its_byte_range(tmp_path, rows, indent, bom, jsonl, per_task):
+    path = tmp_path / ("rows.jsonl" if jsonl else "rows.json")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) if jsonl else \
+        json.dumps(rows, ensure_ascii=False, indent=indent)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    plan = plan_sft([str(path)], SftOptions(energon=False), per_task, 10**9)
+    read = [row for task in plan.tasks for piece in task.slices
+            for row in read_slice(tmp_path / piece.file, piece, not jsonl)]
+    assert read == rows
+
+
+def test_media_reads_are_concurrent(tmp_path):
+    """Media files are named pipes written in reverse order: a reader that opened one file at a time
+    would wait forever on the first pipe while the writer waits on the last."""
+    count = 24
+    data = tmp_path / "data.jsonl"
+    rows = [{"id": f"r{i}", "image": f"p{i}.jpg", "messages": chat("<image>")} for i in range(count)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for i in range(count):
+        os.mkfifo(tmp_path / f"p{i}.jpg")
+    image = jpeg_bytes(seed=11)
+    written = []
+
+    def writer() -> None:
+        deadline = time.monotonic() + 30
+        pending = list(reversed(range(count)))
+        while pending and time.monotonic() < deadline:
+            try:
+                fd = os.open(tmp_path / f"p{pending[0]}.jpg", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody has it open for reading yet
+                time.sleep(0.01)
+                continue
+            os.set_blocking(fd, True)
+            os.write(fd, image)
+            os.close(fd)
+            written.append(pending.pop(0))
+        for i in pending:  # out of time: release a sequential reader so the test can fail
+            with open(tmp_path / f"p{i}.jpg", "wb") as pipe:
+                pipe.write(image)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    options = ConvertOptions(source_options=SftOptions(energon=False), fsync=False)
+    manifest = convert(plan_sft([str(data)], options.source_options, 1000, 10**9), tmp_path / "out", options,
+                       command="test", show_progress=False)
+    thread.join()
+    assert written == list(reversed(range(count)))
+    assert manifest["totals"]["samples"] == count
+
+
+def test_tasks_are_sized_by_media_bytes_so_large_media_do_not_spill(tmp_path):
+    image = jpeg_bytes(160, 160, seed=12)
+    for i in range(24):
+        (tmp_path / f"{i}.jpg").write_bytes(image)
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "image": f"{i}.jpg", "messages": chat("<image>")}) + "\n"
+                            for i in range(24)))
+    out = tmp_path / "out"
+    summary = json.loads(run_cli("convert", "sft", str(data), str(out), "--max-shard-size", str(4 * len(image) + 8192),
+                                 "--json").stdout)
+    # About 4 rows per task from the plan's size estimate; without it one task would spill into
+    # shards named big-000000-1.tar, big-000000-2.tar, ...
+    assert summary["shards"] == [f"big-{i:06d}.tar" for i in range(len(summary["shards"]))]
+    assert 6 <= len(summary["shards"]) <= 8 and summary["samples"] == 24
+    limited = json.loads(run_cli("convert", "sft", str(data), str(tmp_path / "limited"), "--limit", "5",
+                                 "--json").stdout)
+    assert limited["rows"] == 5 and limited["samples"] == 5
+
+
+def test_reencode_turns_every_image_into_jpeg_and_names_follow(images, tmp_path):
+    out = tmp_path / "out"
+    run_cli("convert", "sft", str(images.root / "data.json"), str(out), "--reencode", "jpeg", "--no-progress")
+    samples = samples_by_id(out)
+    multi = samples["multi"]
+    assert json.loads(multi["json"])["name"] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert all(multi[name].startswith(b"\xff\xd8") for name in ("0.jpg", "1.jpg", "2.jpg"))
+    assert json.loads(samples["png-one"]["json"])["name"] == ["jpg"]
+
+
+@pytest.mark.parametrize("container, codec, expected", [("mp4", "mpeg4", "mp4"), ("mov", "mpeg4", "mov"),
+                                                        ("webm", "libvpx", "webm"), ("matroska", "mpeg4", "mkv"),
+                                                        ("avi", "mpeg4", "avi")])
+def test_video_containers_are_recognised_and_truncation_seen(container, codec, expected):
+    data = video_bytes(container, codec)
+    assert inspect_video(data) == VideoInfo(expected)
+    if expected in ("mp4", "mov", "avi"):  # containers that state their own length
+        assert inspect_video(data[:-16]).reason == "video_truncated"
+    assert inspect_video(b"").reason == "video_empty"
+    assert inspect_video(b"GIF89a" + data).reason == "video_unknown_format"
