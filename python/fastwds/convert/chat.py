@@ -14,7 +14,7 @@ from fastwds.convert.pipeline import PreparedBatch, RejectLog
 from fastwds.convert.plan import Task
 from fastwds.media import ImageInfo, ImageProblem, decode_problem, inspect_images, reencode_jpeg
 from fastwds.sources.base import RowBatch
-from fastwds.validate import check_sample, image_member_names
+from fastwds.validate import CheckedSample, check_sample, image_member_names
 
 
 class ChatConverter(RejectLog):
@@ -28,13 +28,21 @@ class ChatConverter(RejectLog):
     def reject_row(self, batch: RowBatch, index: int, reason: str, detail: str, kept: bool = False) -> None:
         self.reject(batch.file, batch.first_row + index, batch.ids[index], reason, detail, kept)
 
-    def prepare(self, batch: RowBatch) -> PreparedBatch:
-        flat = [image for images in batch.images for image in images]
+    def inspect(self, flat: list[bytes | None]) -> list[ImageInfo | ImageProblem]:
+        """Checks of every image of a batch, in one call (sources with other media override this)."""
         checks: list[ImageInfo | ImageProblem] = inspect_images(flat)
         if self.options.verify_images == "full":
             decoded = self.images.map(lambda pair: decode_problem(pair[0]) if isinstance(pair[1], ImageInfo) else None,
                                       zip(flat, checks))
             checks = [problem or check for problem, check in zip(decoded, checks)]
+        return checks
+
+    def check_row(self, batch: RowBatch, index: int, media_checks: list) -> CheckedSample:
+        return check_sample(batch.conversations[index], media_checks)
+
+    def prepare(self, batch: RowBatch) -> PreparedBatch:
+        flat = [image for images in batch.images for image in images]
+        checks = self.inspect(flat)
         prepared = PreparedBatch(rows=len(batch))
         position = 0
         for index, sample_id in enumerate(batch.ids):
@@ -48,7 +56,7 @@ class ChatConverter(RejectLog):
             if offset in self.rejected:
                 self.reject_row(batch, index, *self.rejected[offset])
                 continue
-            checked = check_sample(batch.conversations[index], image_checks)
+            checked = self.check_row(batch, index, image_checks)
             keep_invalid = checked.problem is not None and self.options.on_invalid == "keep"
             if checked.problem is not None:
                 self.reject_row(batch, index, checked.problem.reason, checked.problem.detail, kept=keep_invalid)

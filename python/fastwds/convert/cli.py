@@ -154,3 +154,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fastwds.convert.npz_cli import add_npz_parser  # imports this module: import on use
 
     add_npz_parser(sources)
+    from fastwds.sources.sft_cli import register as add_sft_parser  # imports this module: import on use
+
+    add_sft_parser(sources)

@@ -119,7 +119,8 @@ def _execute_in_worker(args: tuple) -> dict[str, Any]:
 def check_output_dir(output_dir: Path, plan: Plan, options: ConvertOptions, resume: bool, overwrite: bool) -> bool:
     """Decide what to do with an existing output folder. Returns True when resuming."""
     run_path = output_dir / STATE_DIR / "run.json"
-    wanted = {"plan": plan.fingerprint(), "options": options.output_options()}
+    # Compared with what run.json read back gives, so normalised through JSON (tuples -> lists).
+    wanted = json.loads(json.dumps({"plan": plan.fingerprint(), "options": options.output_options()}, default=str))
     if run_path.exists():
         if overwrite:
             clear_output(output_dir)
@@ -145,8 +146,10 @@ def check_output_dir(output_dir: Path, plan: Plan, options: ConvertOptions, resu
         raise InvalidInputError(f"{output_dir} already has {', '.join(foreign[:3])}"
                                 f"{' and more' if len(foreign) > 3 else ''}, not written by a fastwds run "
                                 "there; choose an empty folder or move those files")
-    (output_dir / STATE_DIR / "tasks").mkdir(parents=True, exist_ok=True)
-    write_text_atomically(run_path, json.dumps(wanted, indent=2, default=str))
+    # run.json first: a tasks folder then always means a run that --resume can finish.
+    run_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(run_path, json.dumps(wanted, indent=2))
+    (output_dir / STATE_DIR / "tasks").mkdir(exist_ok=True)
     return False
 
 
