@@ -1,7 +1,8 @@
 //! The PyO3 layer: converts Python values to Rust ones, releases the GIL around all I/O, and maps
 //! `Error` onto Python exceptions. No shard logic lives here.
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::create_exception;
-use pyo3::exceptions::{PyFileExistsError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyFileExistsError, PyIndexError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 
@@ -38,6 +39,128 @@ impl From<Error> for PyErr {
                 py_err
             }
         }
+    }
+}
+
+/// The values of an Arrow binary (or large binary) array, read in place: the data buffer is held
+/// through the buffer protocol, so image bytes go from pyarrow's memory to the shard without
+/// ever becoming Python `bytes`. Offsets and validity are decoded once, at construction.
+#[pyclass(module = "fastwds._core", name = "BinaryColumn", frozen)]
+pub struct BinaryColumn {
+    // Untyped: pyarrow exports its buffers as signed chars ("b"); only the bytes matter here.
+    data: PyUntypedBuffer,
+    /// `len + 1` offsets into `data`.
+    offsets: Vec<usize>,
+    valid: Option<Vec<bool>>,
+}
+
+/// The bytes of a contiguous buffer.
+fn buffer_bytes(buffer: &PyUntypedBuffer) -> &[u8] {
+    // SAFETY: only called on buffers checked to be C-contiguous; holding the `PyUntypedBuffer`
+    // keeps its exporter (an immutable Arrow buffer) alive and unchanged while the slice is used.
+    unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) }
+}
+
+impl BinaryColumn {
+    fn bytes(&self) -> &[u8] {
+        buffer_bytes(&self.data)
+    }
+
+    /// Value `i`, or None when it is null.
+    fn value(&self, i: usize) -> Option<&[u8]> {
+        if self.valid.as_ref().is_some_and(|v| !v[i]) {
+            return None;
+        }
+        Some(&self.bytes()[self.offsets[i]..self.offsets[i + 1]])
+    }
+}
+
+fn contiguous_buffer(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<PyUntypedBuffer> {
+    let buffer = PyUntypedBuffer::get(obj)?;
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("{what} buffer is not contiguous")));
+    }
+    Ok(buffer)
+}
+
+#[pymethods]
+impl BinaryColumn {
+    /// From the buffers of a pyarrow binary array (`array.buffers()`), its `offset` and length;
+    /// `large` for 64-bit offsets. `fastwds.arrow.binary_column(array)` does this for you.
+    #[new]
+    #[pyo3(signature = (data, offsets, validity, offset, length, large))]
+    fn new(data: &Bound<'_, PyAny>, offsets: &Bound<'_, PyAny>, validity: Option<&Bound<'_, PyAny>>, offset: usize, length: usize, large: bool) -> PyResult<Self> {
+        let data = contiguous_buffer(data, "data")?;
+        let offsets_buffer = contiguous_buffer(offsets, "offsets")?;
+        let raw = buffer_bytes(&offsets_buffer);
+        let width = if large { 8 } else { 4 };
+        if raw.len() < (offset + length + 1) * width {
+            return Err(PyValueError::new_err("offsets buffer is shorter than offset + length + 1 entries"));
+        }
+        let read = |i: usize| -> usize {
+            let at = &raw[i * width..(i + 1) * width];
+            if large { i64::from_le_bytes(at.try_into().unwrap()) as usize } else { i32::from_le_bytes(at.try_into().unwrap()) as usize }
+        };
+        let offsets: Vec<usize> = (offset..offset + length + 1).map(read).collect();
+        if offsets.windows(2).any(|w| w[0] > w[1]) || offsets.last().is_some_and(|&end| end > data.len_bytes()) {
+            return Err(PyValueError::new_err("offsets are not increasing or point past the data buffer"));
+        }
+        let valid = match validity {
+            None => None,
+            Some(bits) => {
+                let bits_buffer = contiguous_buffer(bits, "validity")?;
+                let bits = buffer_bytes(&bits_buffer);
+                Some((offset..offset + length).map(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)).collect())
+            }
+        };
+        Ok(Self { data, offsets, valid })
+    }
+
+    fn __len__(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Length in bytes of value `i` (0 when null).
+    fn value_len(&self, i: usize) -> PyResult<usize> {
+        if i >= self.__len__() {
+            return Err(PyIndexError::new_err(format!("index {i} out of range for {} values", self.__len__())));
+        }
+        Ok(self.value(i).map_or(0, <[u8]>::len))
+    }
+
+    /// Value `i` as bytes (a copy), or None when it is null.
+    fn get<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
+        if i >= self.__len__() {
+            return Err(PyIndexError::new_err(format!("index {i} out of range for {} values", self.__len__())));
+        }
+        Ok(self.value(i).map(|v| pyo3::types::PyBytes::new(py, v)))
+    }
+}
+
+/// A member value from Python: `bytes`, or `(BinaryColumn, index)` referring into an Arrow array.
+#[derive(FromPyObject)]
+enum Payload {
+    Bytes(PyBackedBytes),
+    Arrow((Py<BinaryColumn>, usize)),
+}
+
+impl Payload {
+    /// The bytes, readable without the GIL; None for a null Arrow value.
+    fn resolve(&self) -> Option<&[u8]> {
+        match self {
+            Payload::Bytes(bytes) => Some(bytes),
+            Payload::Arrow((column, i)) => column.get().value(*i),
+        }
+    }
+
+    fn check_index(&self) -> PyResult<()> {
+        if let Payload::Arrow((column, i)) = self {
+            let len = column.get().offsets.len() - 1;
+            if *i >= len {
+                return Err(PyIndexError::new_err(format!("index {i} out of range for a column of {len} values")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -134,12 +257,16 @@ impl PyShardSink {
     }
 
     /// Write many samples at once, column by column: `columns` is `[(extension, values)]` with
-    /// one value per id; a `None` value leaves that member out of that sample. Samples before a
-    /// failing one are written; the exception names the failing sample.
-    fn write_batch(&mut self, py: Python<'_>, sample_ids: Vec<PyBackedStr>, columns: Vec<(PyBackedStr, Vec<Option<PyBackedBytes>>)>) -> PyResult<usize> {
+    /// one value per id: `bytes`, `(BinaryColumn, index)` (read in place from Arrow memory), or
+    /// `None` to leave that member out of that sample. Samples before a failing one are
+    /// written; the exception names the failing sample.
+    fn write_batch(&mut self, py: Python<'_>, sample_ids: Vec<PyBackedStr>, columns: Vec<(PyBackedStr, Vec<Option<Payload>>)>) -> PyResult<usize> {
         for (ext, values) in &columns {
             if values.len() != sample_ids.len() {
                 return Err(PyValueError::new_err(format!("column {:?} has {} values for {} sample ids", &**ext, values.len(), sample_ids.len())));
+            }
+            for value in values.iter().flatten() {
+                value.check_index()?;
             }
         }
         let sink = &mut self.sink;
@@ -148,7 +275,7 @@ impl PyShardSink {
             for (row, id) in sample_ids.iter().enumerate() {
                 members.clear();
                 for (ext, values) in &columns {
-                    if let Some(data) = &values[row] {
+                    if let Some(data) = values[row].as_ref().and_then(Payload::resolve) {
                         members.push(Member { ext, data });
                     }
                 }
@@ -183,19 +310,23 @@ impl PyShardSink {
     }
 }
 
-/// Check encoded images without decoding them. For each: `("ok", format, width, height)` or
-/// `(reason_code, message, 0, 0)`; `None` counts as an empty image.
+/// Check encoded images without decoding them. Each image is `bytes`, `(BinaryColumn, index)`
+/// or `None` (an empty image). For each: `("ok", format, width, height)` or
+/// `(reason_code, message, 0, 0)`.
 #[pyfunction]
-fn inspect_images(py: Python<'_>, images: Vec<Option<PyBackedBytes>>) -> Vec<(&'static str, String, u32, u32)> {
-    py.detach(|| {
+fn inspect_images(py: Python<'_>, images: Vec<Option<Payload>>) -> PyResult<Vec<(&'static str, String, u32, u32)>> {
+    for image in images.iter().flatten() {
+        image.check_index()?;
+    }
+    Ok(py.detach(|| {
         images
             .iter()
-            .map(|image| match media::inspect_image(image.as_deref().unwrap_or_default()) {
+            .map(|image| match media::inspect_image(image.as_ref().and_then(Payload::resolve).unwrap_or_default()) {
                 Ok(info) => ("ok", info.format.name().to_string(), info.width, info.height),
                 Err(problem) => (problem.code(), problem.to_string(), 0, 0),
             })
             .collect()
-    })
+    }))
 }
 
 /// The key a sample with this id is written under.
@@ -211,6 +342,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_KEY_LEN", key::MAX_KEY_LEN)?;
     m.add_class::<PyShardSink>()?;
     m.add_class::<PyShardRecord>()?;
+    m.add_class::<BinaryColumn>()?;
     m.add_function(wrap_pyfunction!(portable_key, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_images, m)?)?;
     m.add("SampleError", py.get_type::<SampleError>())?;

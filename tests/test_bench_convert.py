@@ -169,7 +169,10 @@ def test_damaged_input_fails_runners_visibly(tmp_path):
             continue
         assert by_name[name]["status"] == "failed"
         assert by_name[name]["summary"] is None
-        assert "snappy" in by_name[name]["message"].lower(), by_name[name]["message"]
+        # The decoder's own words vary with where the damage lands (and whether the runner's
+        # setup or fastwds itself hit it first); the reason must be that reading failed.
+        message = by_name[name]["message"].lower()
+        assert any(w in message for w in ("cannot be read", "thrift", "snappy", "corrupt", "page header")), message
         assert table_row(completed.stdout, name)[0] == "FAILED:"
     # Decoding reads only the images, which are intact: its numbers are still there.
     assert by_name[bench_convert.DECODE]["status"] == "ok"

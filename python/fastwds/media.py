@@ -37,7 +37,26 @@ class ImageProblem:
     detail: str
 
 
-def inspect_images(images: list[bytes | None]) -> list[ImageInfo | ImageProblem]:
+# An image as the pipeline carries it: bytes, or a (BinaryColumn, index) reference into Arrow memory.
+ImageData = bytes | tuple | None
+
+
+def image_bytes(image: ImageData) -> bytes:
+    """The bytes of an image (a copy out of Arrow memory for a reference)."""
+    if isinstance(image, tuple):
+        column, index = image
+        return column.get(index) or b""
+    return image or b""
+
+
+def image_size(image: ImageData) -> int:
+    if isinstance(image, tuple):
+        column, index = image
+        return column.value_len(index)
+    return len(image) if image else 0
+
+
+def inspect_images(images: list[ImageData]) -> list[ImageInfo | ImageProblem]:
     """Fast checks of many images in one call (Rust, GIL released)."""
     return [
         ImageInfo(detail, width, height) if status == "ok" else ImageProblem(status, detail)

@@ -43,11 +43,26 @@ def encode_value(ext: str, value: Any, sample_id: str = "") -> bytes:
     raise error
 
 
-def _column_values(ext: str, column: Any, ids: Sequence[str]) -> list[bytes | None]:
-    """A column as a list of bytes/None. Arrow binary/string columns convert in C."""
-    if hasattr(column, "to_pylist"):  # pyarrow / polars column
+def _column_values(ext: str, column: Any, ids: Sequence[str]) -> list:
+    """A column as a list of bytes / ``(BinaryColumn, index)`` references / None. pyarrow binary
+    arrays are read in place by the Rust writer; other pyarrow / polars columns convert in C."""
+    if type(column).__module__.startswith("pyarrow"):
+        import pyarrow as pa
+
+        from fastwds.arrow import binary_column
+
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            values = binary_column(column)
+            return [(values, i) for i in range(len(values))]
+    if hasattr(column, "to_pylist"):
         column = column.to_pylist()
-    return [None if v is None else encode_value(ext, v, ids[i]) for i, v in enumerate(column)]
+    return [v if v is None or _is_reference(v) else encode_value(ext, v, ids[i]) for i, v in enumerate(column)]
+
+
+def _is_reference(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], _core.BinaryColumn)
 
 
 class ShardWriter:
@@ -105,7 +120,8 @@ class ShardWriter:
 
     def write_batch(self, ids: Sequence[Any], columns: Mapping[str, Any]) -> int:
         """Write ``len(ids)`` samples given column by column: ``columns[ext]`` holds one value
-        per id (a list, or a pyarrow/polars column); ``None`` leaves that member out."""
+        per id (a list, or a pyarrow/polars column); ``None`` leaves that member out. pyarrow
+        binary columns are written straight from Arrow memory, without copies into Python."""
         if hasattr(ids, "to_pylist"):
             ids = ids.to_pylist()
         ids = [str(i) for i in ids]

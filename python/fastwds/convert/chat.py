@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.pipeline import PreparedBatch, RejectLog
 from fastwds.convert.plan import Task
-from fastwds.media import ImageInfo, ImageProblem, decode_problem, inspect_images, reencode_jpeg
+from fastwds.media import ImageData, ImageInfo, ImageProblem, decode_problem, image_bytes, inspect_images, reencode_jpeg
 from fastwds.sources.base import RowBatch
 from fastwds.validate import CheckedSample, check_sample, image_member_names
 
@@ -28,12 +28,13 @@ class ChatConverter(RejectLog):
     def reject_row(self, batch: RowBatch, index: int, reason: str, detail: str, kept: bool = False) -> None:
         self.reject(batch.file, batch.first_row + index, batch.ids[index], reason, detail, kept)
 
-    def inspect(self, flat: list[bytes | None]) -> list[ImageInfo | ImageProblem]:
+    def inspect(self, flat: list[ImageData]) -> list[ImageInfo | ImageProblem]:
         """Checks of every image of a batch, in one call (sources with other media override this)."""
         checks: list[ImageInfo | ImageProblem] = inspect_images(flat)
         if self.options.verify_images == "full":
-            decoded = self.images.map(lambda pair: decode_problem(pair[0]) if isinstance(pair[1], ImageInfo) else None,
-                                      zip(flat, checks))
+            decoded = self.images.map(
+                lambda pair: decode_problem(image_bytes(pair[0])) if isinstance(pair[1], ImageInfo) else None,
+                zip(flat, checks))
             checks = [problem or check for problem, check in zip(decoded, checks)]
         return checks
 
@@ -66,11 +67,11 @@ class ChatConverter(RejectLog):
         self.result.rows += len(batch)
         return prepared
 
-    def members(self, batch, index, images, image_checks, checked) -> dict[str, bytes]:
+    def members(self, batch, index, images, image_checks, checked) -> dict[str, ImageData]:
         infos = [c if isinstance(c, ImageInfo) else None for c in image_checks]
         if self.options.reencode == "jpeg":
             encoded = list(self.images.map(
-                lambda pair: reencode_jpeg(pair[0], self.options.quality, self.options.max_side)
+                lambda pair: reencode_jpeg(image_bytes(pair[0]), self.options.quality, self.options.max_side)
                 if pair[1] is not None else (pair[0], None), zip(images, infos)))
             images = [data for data, _ in encoded]
             infos = [info for _, info in encoded]
@@ -87,6 +88,8 @@ class ChatConverter(RejectLog):
         }
         if checked.problem is not None:
             document["invalid"] = {"reason": checked.problem.reason, "detail": checked.problem.detail}
-        members = {name: data for name, data in zip(names, images) if data}
+        # An empty image (kept with --on-invalid keep) has no member; the JSON still lists it.
+        empty = [isinstance(c, ImageProblem) and c.reason == "image_empty" for c in image_checks]
+        members = {name: data for name, data, is_empty in zip(names, images, empty) if not is_empty}
         members["json"] = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
         return members

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
 from fastwds.errors import InvalidSamplesError
+from fastwds.media import ImageData, image_size
 from fastwds.writer import ShardWriter
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows written, bytes written)
@@ -25,17 +26,20 @@ Progress = Callable[[int, int, int], None]  # (rows done, rows written, bytes wr
 
 @dataclass
 class PreparedBatch:
+    """Samples ready for ``ShardWriter.write_batch``: values are bytes or ``(BinaryColumn, index)``
+    references into Arrow memory (see media.ImageData)."""
+
     ids: list[str] = field(default_factory=list)
-    columns: dict[str, list[bytes | None]] = field(default_factory=dict)
+    columns: dict[str, list[ImageData]] = field(default_factory=dict)
     rows: int = 0
     payload_bytes: int = 0
 
-    def add(self, sample_id: str, members: dict[str, bytes]) -> None:
+    def add(self, sample_id: str, members: dict[str, ImageData]) -> None:
         position = len(self.ids)
         self.ids.append(sample_id)
         for ext, data in members.items():
             self.columns.setdefault(ext, [None] * position).append(data)
-            self.payload_bytes += len(data)
+            self.payload_bytes += image_size(data)
         for values in self.columns.values():
             if len(values) == position:
                 values.append(None)

@@ -14,7 +14,9 @@ class RowBatch:
     first_row: int  # row number of ids[0] within the file
     ids: list[str | None]
     conversations: list[Any]
-    images: list[list[bytes | None]]  # encoded images of each row, in order
+    # Encoded images of each row, in order: bytes, (BinaryColumn, index) references into Arrow
+    # memory, None, or an ImageProblem when the source could not read the image at all.
+    images: list[list[Any]]
     extras: list[dict[str, Any]]  # other fields copied into the sample JSON as they are
 
     def __len__(self) -> int:

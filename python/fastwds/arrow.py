@@ -1,0 +1,28 @@
+"""pyarrow arrays as ``_core.BinaryColumn``: image bytes read in place by the Rust inspector and
+writer, never copied into Python ``bytes``."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fastwds._core import BinaryColumn
+
+EMPTY = pa.py_buffer(b"")
+
+
+def binary_column(array: pa.Array) -> BinaryColumn:
+    """A binary/large binary array (or a struct array's ``bytes`` field, see ``image_bytes``)."""
+    if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
+        raise TypeError(f"expected a binary array, got {array.type}")
+    validity, offsets, data = array.buffers()[:3]
+    return BinaryColumn(data if data is not None else EMPTY, offsets, validity if array.null_count else None,
+                        array.offset, len(array), pa.types.is_large_binary(array.type))
+
+
+def image_bytes(array: pa.Array) -> pa.Array:
+    """The encoded bytes of an image column: ``{bytes, path}`` structs (HF datasets' Image
+    feature) or plain binary. A null struct gives a null value."""
+    if pa.types.is_struct(array.type):
+        return pc.struct_field(array, "bytes")
+    return array
