@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 import fastwds
 from conftest import read_members, read_webdataset
@@ -153,3 +154,26 @@ def test_recorded_offsets_match_tarfile(tmp_path, jpeg):
             m = members[f"{key}.{ext}"]
             assert (m.offset_data, m.size) == (data_offset, size)
         assert end > offset
+
+
+def test_arrow_columns_are_written_in_place_with_offsets_nulls_and_large_offsets(tmp_path):
+    from fastwds import _core
+    from fastwds.arrow import binary_column
+
+    values = [b"a" * 10, None, b"", b"d" * 700, b"e" * 3]
+    for arrow_type in (pa.binary(), pa.large_binary()):
+        array = pa.array(values, type=arrow_type).slice(1)  # a non-zero offset, as batches have
+        column = binary_column(array)
+        assert [column.get(i) for i in range(len(column))] == values[1:]
+        assert [column.value_len(i) for i in range(len(column))] == [0, 0, 700, 3]
+        with pytest.raises(IndexError):
+            column.get(4)
+        out = tmp_path / str(arrow_type)
+        with fastwds.ShardWriter(str(out / "s-%03d.tar"), fsync=False) as writer:
+            writer.write_batch(["n", "empty", "d", "e"], {"bin": array, "txt": ["1", "2", "3", "4"]})
+        members = {m.name: m.data for m in read_members(writer.records[0].path)}
+        # A null leaves the member out; an empty value is an empty member.
+        assert members == {"n.txt": b"1", "empty.bin": b"", "empty.txt": b"2", "d.bin": b"d" * 700,
+                           "d.txt": b"3", "e.bin": b"eee", "e.txt": b"4"}
+        with pytest.raises(IndexError):
+            _core.inspect_images([(column, 9)])
