@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from fastwds.bench.harness import Clock, Runner, Suite, make_durable, positive, run_suite
 from fastwds.bench.plot import require_matplotlib, plot_scaling
+from fastwds.convert.cli import default_workers
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.run import convert
 from fastwds.errors import InvalidInputError
@@ -274,13 +275,19 @@ def describe(path: Path, limit: int | None) -> BenchInput:
                       params={"generated": False, "input": str(path.resolve()), "limit": limit, "rows": rows})
 
 
+def target_workers(workers: list[int]) -> int:
+    """The worker count the targets and the other modes use: fastwds' default when it was
+    measured (what users get), else the largest."""
+    return default_workers() if default_workers() in workers else max(workers)
+
+
 def build_suite(data: BenchInput, modes: list[str], workers: list[int]) -> Suite:
     common = {"kind": data.kind, "input": data.path, "limit": data.limit, "rows": data.rows,
               "payload_bytes": data.payload_bytes}
     checks = {"expected_rejects": data.expected_rejects}
-    most = max(workers)
+    chosen = target_workers(workers)
     runs = [("default", w) for w in workers] if "default" in modes else []
-    runs += [(mode, most) for mode in modes if mode != "default"]
+    runs += [(mode, chosen) for mode in modes if mode != "default"]
     runners = [Runner(fastwds_name(mode, count), f"{__name__}:fastwds_convert",
                       {**common, **checks, "mode": mode, "workers": count}, deterministic=True)
                for mode, count in runs]
@@ -342,7 +349,7 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
     elif "default" in modes:
         lines.append("scaling: one worker count measured (--workers 1,2 compares)")
     if "default" in modes:
-        name = fastwds_name("default", max(workers))
+        name = fastwds_name("default", target_workers(workers))
         summary = summaries.get(name)
         if summary is None:
             lines.append(f"targets: no ratios, {name} failed")
@@ -353,7 +360,7 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
                                                     ("x_peer", "the peer", TARGET_X_PEER))]
             lines.append(f"targets: {name} is {' and '.join(parts)}")
     if "full" in modes:
-        name = fastwds_name("full", max(workers))
+        name = fastwds_name("full", target_workers(workers))
         full, decode = summaries.get(name), summaries.get(DECODE)
         if full is None or decode is None:
             lines.append(f"full verify: no ratio to the one-core decode rate, {name if full is None else DECODE} failed")
@@ -404,9 +411,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multi-image-share", type=share, metavar="F",
                         help=f"without INPUT: share of rows with two images (default: {DEFAULT_MULTI_IMAGE_SHARE})")
     parser.add_argument("--seed", type=int, metavar="N", help="without INPUT: generator seed (default: 0)")
-    parser.add_argument("--workers", type=comma_list(positive(int)), default=[os.cpu_count() or 1],
+    parser.add_argument("--workers", type=comma_list(positive(int)), default=[default_workers()],
                         metavar="N,N,...", help="fastwds worker counts; each one is a runner of the "
-                        "default mode, the other modes use the largest (default: one per core)")
+                        "default mode; the targets and the other modes use fastwds' default count when "
+                        "it is listed, else the largest (default: fastwds' default, one per two cores)")
     parser.add_argument("--modes", type=comma_list(str, tuple(MODES)), default=["default"],
                         metavar="MODE,...", help="fastwds modes: default, full (--verify-images full, "
                         "also runs the one-core Pillow decode reference), reencode (--reencode jpeg) "
