@@ -322,7 +322,7 @@ impl ShardSink {
             .truncate(true)
             .open(&partial_path)
             .map_err(|e| Error::io(&partial_path, e))?;
-        let out = HashedFile::new(file).map_err(|e| Error::io(&partial_path, e))?;
+        let out = HashedFile::new(file, self.options.fsync).map_err(|e| Error::io(&partial_path, e))?;
         self.open = Some(OpenShard { index, final_path, partial_path, out, position: 0, samples: Vec::new(), oversized: false });
         self.next_index += 1;
         Ok(())

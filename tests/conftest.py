@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,14 @@ class TarMember:
     offset_data: int
     size: int
     data: bytes
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``fastwds ARGS...`` as a user runs it; with ``check``, a non-zero exit fails with its output."""
+    result = subprocess.run([sys.executable, "-m", "fastwds", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
 
 
 def read_members(path: str | Path) -> list[TarMember]:

@@ -14,7 +14,6 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 

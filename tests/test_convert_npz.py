@@ -18,19 +18,12 @@ import torch
 import zstandard
 from torch.utils.data import DataLoader
 
-from conftest import read_members, read_webdataset
+from conftest import read_members, read_webdataset, run_cli
 from npz_data import GOOD, LABELS, SHAPE, make_dataset, write_csv
 
 import fastwds
 
 FLOAT16_HALF_ULP_AT_1 = 2.0 ** -12  # the largest rounding error for values in [-1, 1]
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "fastwds", *args], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
-    return result
 
 
 def convert_args(data, out: Path, *extra: str) -> list[str]:

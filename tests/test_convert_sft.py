@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -16,20 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import jpeg_bytes, read_members, read_webdataset
+from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
 from sft_data import chat, make_image_dataset, make_video_dataset, video_bytes
 
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.run import convert
 from fastwds.sources.sft import SftOptions, check_names_agree, plan_sft, read_slice
 from fastwds.video import VideoInfo, inspect_video
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "fastwds", *args], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")

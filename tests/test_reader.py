@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import pickle
 import subprocess
 import sys
@@ -28,7 +27,8 @@ from conftest import jpeg_bytes, png_bytes
 
 import fastwds
 from fastwds.decode import read_npy
-from fastwds.reader import expand_braces, shuffled, split_shards
+from fastwds.paths import expand_braces
+from fastwds.reader import shuffled, split_shards
 from fastwds.tarstream import ShardFormatError, UnsafeMemberError, iter_members
 
 COUNT = 40

@@ -77,7 +77,7 @@ def test_compressed_npz_and_named_arrays(tmp_path, small_chunks):
 
 
 def test_damaged_files_are_read_errors(tmp_path):
-    path = saved(tmp_path, np.ones((4, 4), np.float32))
+    saved(tmp_path, np.ones((4, 4), np.float32))
     data = (tmp_path / "v.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[:-60])
     damaged = bytearray(data)

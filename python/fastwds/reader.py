@@ -28,7 +28,6 @@ import gzip
 import json
 import os
 import random
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,26 +35,11 @@ from typing import Any
 
 from fastwds.decode import Decoder, decode_sample, decoders_for, load_npy, read_npy
 from fastwds.errors import InvalidInputError
+from fastwds.paths import expand_braces
 from fastwds.tarstream import iter_members, iter_samples
 
 READ_BUFFER = 1 << 20
 Urls = str | os.PathLike | Sequence[str | os.PathLike]
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """``a{1..3}b`` -> ``a1b a2b a3b`` (zero padding kept: ``{000..010}``); ``{x,y}`` -> each."""
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if match is None:
-        return [pattern]
-    head, tail, body = pattern[:match.start()], pattern[match.end():], match.group(1)
-    numbers = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if numbers:
-        first, last = numbers.groups()
-        width = len(first) if first.startswith("0") else 0
-        choices = [str(i).zfill(width) for i in range(int(first), int(last) + 1)]
-    else:
-        choices = body.split(",")
-    return [expanded for choice in choices for expanded in expand_braces(head + choice + tail)]
 
 
 def shards_from_index(path: Path) -> list[str]:

@@ -14,7 +14,6 @@ pattern into shard paths.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fastwds.errors import InvalidInputError
+from fastwds.paths import matching_files
 
 BLOCK = 512
 
@@ -382,42 +382,6 @@ def iter_samples(members: Iterator[TarMember],
 
 # -- paths ---------------------------------------------------------------------------------------
 
-def expand_braces(pattern: str) -> list[str]:
-    """webdataset's brace patterns: ``{000..009}`` (zero padding kept), ``{a,b}``, nested."""
-    depth, start = 0, 0
-    for position, char in enumerate(pattern):
-        if char == "{":
-            if depth == 0:
-                start = position
-            depth += 1
-        elif char == "}" and depth:
-            depth -= 1
-            if depth == 0:
-                head, body, tail = pattern[:start], pattern[start + 1:position], pattern[position + 1:]
-                return [head + choice + rest for choice in _brace_choices(body) for rest in expand_braces(tail)]
-    return [pattern]
-
-
-def _brace_choices(body: str) -> list[str]:
-    numeric = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
-    if numeric:
-        first, last = numeric.groups()
-        width = len(first) if first.lstrip("-").startswith("0") or len(first) == len(last) else 0
-        step = 1 if int(last) >= int(first) else -1
-        return [str(n).zfill(width) for n in range(int(first), int(last) + step, step)]
-    parts, depth, start = [], 0, 0
-    for position, char in enumerate(body):
-        depth += char == "{"
-        depth -= char == "}"
-        if char == "," and depth == 0:
-            parts.append(body[start:position])
-            start = position + 1
-    parts.append(body[start:])
-    if len(parts) == 1:  # "{x}" is not a pattern: keep the braces, as braceexpand does
-        return [f"{{{c}}}" for c in expand_braces(body)]
-    return [choice for part in parts for choice in expand_braces(part)]
-
-
 def is_shard_name(name: str) -> bool:
     return name.endswith(SHARD_SUFFIXES) and not name.startswith(".")
 
@@ -447,18 +411,7 @@ def expand_shards(spec: str | os.PathLike) -> ShardSet:
         return ShardSet(sorted(found, key=lambda p: os.path.relpath(p, root).split(os.sep)), root, True)
     if os.path.isfile(spec):
         return ShardSet([Path(spec)], Path(spec).parent, False)
-    paths: list[Path] = []
-    for candidate in expand_braces(spec):
-        if glob.has_magic(candidate):
-            matches = sorted(glob.glob(candidate))
-            if not matches:
-                raise InvalidInputError(f"{candidate}: no file matches this pattern")
-            paths.extend(Path(m) for m in matches)
-        elif os.path.isfile(candidate):
-            paths.append(Path(candidate))
-        else:
-            origin = f" (from pattern {spec})" if candidate != spec else ""
-            raise InvalidInputError(f"{candidate}: shard not found{origin}")
+    paths = matching_files(spec, missing="shard not found")
     parents = {p.parent.resolve() for p in paths}
     root = Path(os.path.commonpath([str(p) for p in parents])) if parents else Path(".")
     return ShardSet(paths, root, False)

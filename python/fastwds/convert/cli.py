@@ -51,13 +51,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     invalid.add_argument("--skip_invalid", "--skip-invalid", action="store_const", const="skip", dest="on_invalid")
     invalid.add_argument("--no-skip-invalid", "--no_skip_invalid", action="store_const", const="fail",
                          dest="on_invalid", help="same as --on-invalid fail")
-    parser.add_argument("--verify-images", "--verify_images", choices=("fast", "full"), default="fast",
-                        help="fast: format, header and end marker (default); full: decode every image")
-    parser.add_argument("--reencode", choices=("jpeg",), default=None,
-                        help="re-encode images (default: original bytes pass through unchanged)")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality with --reencode (default 90)")
-    parser.add_argument("--max-side", "--max_side", type=int, default=None,
-                        help="with --reencode: shrink so the longest side is at most this")
     parser.add_argument("--dali-index", action="store_true", help="also write DALI .idx files")
     parser.add_argument("--limit", type=int, default=None, help="convert only the first N rows")
     parser.add_argument("--no-fsync", action="store_true",
@@ -66,6 +59,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     parser.add_argument("--log_level", "--log-level", default="INFO", dest="log_level",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper)
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of sources whose samples carry images."""
+    parser.add_argument("--verify-images", "--verify_images", choices=("fast", "full"), default="fast",
+                        help="fast: format, header and end marker (default); full: decode every image")
+    parser.add_argument("--reencode", choices=("jpeg",), default=None,
+                        help="re-encode images (default: original bytes pass through unchanged)")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality with --reencode (default 90)")
+    parser.add_argument("--max-side", "--max_side", type=int, default=None,
+                        help="with --reencode: shrink so the longest side is at most this")
 
 
 def add_parquet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +83,7 @@ def add_parquet_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}-column", f"--{name}_column", dest=f"{name}_column",
                             default=getattr(defaults, name), help=f"column holding {name} (default {name!r})")
     add_common_arguments(parser)
+    add_image_arguments(parser)
 
 
 def options_from(args: argparse.Namespace, source_options: Any) -> ConvertOptions:
@@ -89,10 +94,11 @@ def options_from(args: argparse.Namespace, source_options: Any) -> ConvertOption
         max_samples_per_shard=args.max_samples_per_shard,
         max_shard_bytes=args.max_shard_size,
         on_invalid=args.on_invalid,
-        verify_images=args.verify_images,
-        reencode=args.reencode,
-        quality=args.quality,
-        max_side=args.max_side,
+        # Sources without images (npz) do not have these arguments: the defaults apply.
+        verify_images=getattr(args, "verify_images", "fast"),
+        reencode=getattr(args, "reencode", None),
+        quality=getattr(args, "quality", 90),
+        max_side=getattr(args, "max_side", None),
         dali_index=args.dali_index,
         source_options=source_options,
         limit=args.limit,

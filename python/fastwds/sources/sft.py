@@ -13,7 +13,6 @@ lists exactly the media members written with it (checked before writing).
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from fastwds.convert.run import REJECTS_NAME
 from fastwds.energon import (DEFAULT_SAMPLE_TYPE, check_sample_type, parse_split_ratio, remove_energon_meta,
                              write_energon_meta)
 from fastwds.errors import FastwdsError, InvalidInputError
+from fastwds.paths import matching_files
 from fastwds.media import ImageProblem, reencode_jpeg
 from fastwds.sources.base import RowBatch
 from fastwds.validate import CheckedSample, Problem, check_sample, image_member_names
@@ -237,17 +237,7 @@ def read_slice(path: Path, piece: ByteSlice, array_file: bool) -> list[Any]:
 
 def expand_inputs(data: list[str]) -> list[Path]:
     """Files and globs, in the order given (globs sorted), each file once."""
-    files: list[Path] = []
-    for item in data:
-        if glob.has_magic(item):
-            matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
-            if not matches:
-                raise InvalidInputError(f"{item}: no file matches")
-            files.extend(Path(p) for p in matches)
-        elif os.path.isfile(item):
-            files.append(Path(item))
-        else:
-            raise InvalidInputError(f"{item}: no such file")
+    files = [path for item in data for path in matching_files(item)]
     unique = list(dict.fromkeys(p.resolve() for p in files))
     if not unique:
         raise InvalidInputError("no input files given")

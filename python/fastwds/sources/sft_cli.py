@@ -8,7 +8,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from fastwds.convert.cli import add_common_arguments, options_from, print_summary
+from fastwds.convert.cli import add_common_arguments, add_image_arguments, options_from, print_summary
 from fastwds.convert.run import convert
 from fastwds.energon import DEFAULT_SAMPLE_TYPE, ENERGON_VERSION, META_DIR, foreign_energon_meta, parse_split_ratio
 from fastwds.errors import InvalidInputError
@@ -44,6 +44,7 @@ def register(sources: argparse._SubParsersAction) -> None:
                         help="MODULE:CLASS of the Energon sample type in dataset.yaml, with fields messages, "
                              f"image, video, system (default {DEFAULT_SAMPLE_TYPE})")
     add_common_arguments(parser)
+    add_image_arguments(parser)
     parser.set_defaults(run=run_sft)
 
 
