@@ -1,0 +1,53 @@
+"""Full image verification: what it rejects, and that JPEG draft decoding rejects exactly what a
+full-size decode rejects."""
+
+from __future__ import annotations
+
+import io
+import random
+
+from PIL import Image
+
+from conftest import jpeg_bytes, png_bytes
+from fastwds.media import decode_problem
+
+
+def full_size_decode_fails(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception:
+        return True
+    return False
+
+
+def damaged(data: bytes, rng: random.Random) -> bytes:
+    """Random bytes overwritten in the scan data (headers intact, so only decoding can tell)."""
+    out = bytearray(data)
+    scan = out.index(b"\xff\xda") + 20
+    for _ in range(rng.randint(1, 40)):
+        out[rng.randrange(scan, len(out) - 2)] = rng.randrange(256)
+    return bytes(out)
+
+
+def test_jpeg_verification_agrees_with_full_size_decoding():
+    rng = random.Random(1)
+    sources = [jpeg_bytes(320, 240, seed=s, quality=q) for s, q in ((1, 90), (2, 75), (3, 95))]
+    verdicts = []
+    for source in sources:
+        assert decode_problem(source) is None
+        for _ in range(80):
+            data = damaged(source, rng)
+            verdicts.append((full_size_decode_fails(data), decode_problem(data) is not None))
+    assert all(full == ours for full, ours in verdicts), [v for v in verdicts if v[0] != v[1]]
+    # The sample must contain both outcomes, or it proves nothing.
+    assert {full for full, _ in verdicts} == {True, False}
+
+
+def test_png_decode_failure_names_the_reason():
+    data = bytearray(png_bytes(64, 64, seed=5))
+    start = data.index(b"IDAT") + 30
+    for i in range(start, start + 170):
+        data[i] ^= 0x5A
+    problem = decode_problem(bytes(data))
+    assert problem is not None and problem.reason == "image_decode_failed" and "Pillow" in problem.detail
