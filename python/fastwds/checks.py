@@ -43,6 +43,13 @@ CODES: dict[str, tuple[str, str]] = {
     "dali_index_mismatch": (ERROR, "a DALI .idx disagrees with its shard"),
     "energon_index_mismatch": (ERROR, "an Energon .tar.idx disagrees with its shard"),
     "energon_meta_mismatch": (ERROR, "Energon's .nv-meta (.info.json, index.sqlite) disagrees with the shards"),
+    # float16 volumes against their NPZ sources (--check-precision)
+    "precision_exceeded": (ERROR, "a float16 value is not its NPZ source value rounded to float16 (or clipped)"),
+    "precision_stats_mismatch": (ERROR, "a volume's recorded max_abs_error/rmse differ from the recomputed ones"),
+    "shape_mismatch": (ERROR, "a float16 volume's shape differs from its NPZ source's"),
+    "source_missing": (ERROR, "a volume's NPZ source cannot be found"),
+    "source_unreadable": (ERROR, "a volume's NPZ source cannot be read"),
+    "volume_unreadable": (ERROR, "a sample's float16 volume member is missing, not float16, or does not decode"),
     # portability (COMPAT.md)
     "compressed_shard": (WARNING, "compressed shard: wids and DALI cannot read it, offsets cannot be indexed"),
     "empty_shard": (WARNING, "a shard without samples (DALI refuses it, Energon skips it)"),

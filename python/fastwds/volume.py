@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -219,3 +222,115 @@ def npy_member(flat: np.ndarray, shape: tuple[int, ...] | list[int], fortran_ord
     # bytes, and decoders can allocate the output at once.
     compressor = zstandard.ZstdCompressor(level=zstd_level).compressobj(size=len(header) + flat.nbytes)
     return b"".join((compressor.compress(header), compressor.compress(flat), compressor.flush()))
+
+
+# -- reading a volume back, for ``fastwds verify --check-precision`` -------------------------------
+
+@dataclass
+class NpzVolume:
+    """An open ``.npz`` array: its header, and its values read in chunks (``chunks``)."""
+
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: np.dtype
+    member: Any  # the zip member, positioned after the .npy header
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+    def chunks(self, chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
+        """The values in file order, ``chunk_elements`` at a time (the float32 data is never whole)."""
+        position = 0
+        while position < self.elements:
+            n = min(chunk_elements, self.elements - position)
+            raw = self.member.read(n * self.dtype.itemsize)
+            if len(raw) != n * self.dtype.itemsize:
+                raise VolumeReadError("unreadable_volume", f"array data cut short: "
+                                      f"{position + len(raw) // self.dtype.itemsize} of {self.elements} values")
+            yield np.frombuffer(raw, self.dtype)
+            position += n
+        self.member.read(1)  # reach the end of the member, so zipfile verifies its CRC
+
+
+@contextmanager
+def open_npz_volume(path: str | os.PathLike, array: str | None = None) -> Iterator[NpzVolume]:
+    """The volume in ``path`` as ``npz_to_float16`` reads it; raises ``VolumeReadError`` (also for
+    a bad CRC found while the caller reads the chunks) and ``OSError``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            with archive.open(choose_member(archive, array)) as member:
+                shape, fortran_order, dtype = read_npy_header(member)
+                yield NpzVolume(tuple(shape), fortran_order, dtype, member)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise VolumeReadError("unreadable_volume", f"{type(error).__name__}: {error}") from None
+
+
+@dataclass
+class Float16Comparison:
+    """A float16 volume measured against its source again, the way ``npz_to_float16`` measures:
+    errors over the source's finite values whose float16 value is finite."""
+
+    compared: int = 0
+    max_abs_error: float | None = None
+    squared_error: float = 0.0
+    clipped: int = 0  # values float16 cannot hold, found clipped (NaN -> 0, others -> +-65504)
+    wrong: int = 0  # values that are neither the float16 rounding of the source nor its clipped value
+    first_wrong: tuple[int, float, float] | None = None  # (element in file order, source, float16)
+
+    @property
+    def rmse(self) -> float | None:
+        return math.sqrt(self.squared_error / self.compared) if self.compared else None
+
+
+def rounding_bound(source: np.ndarray) -> np.ndarray:
+    """The largest |float16(x) - x| round-to-nearest allows: half a float16 ULP, which is at most
+    |x| * 2**-11 for normal values and exactly 2**-25 for subnormal ones. (The maximum, not the
+    sum, of the two: the sum would also accept one-ULP errors below 2**-12.)"""
+    return np.maximum(np.abs(source) * 2.0 ** -11, 2.0 ** -25)
+
+
+def compare_float16(volume: np.ndarray, chunks: Iterable[np.ndarray], clipped: bool) -> Float16Comparison:
+    """Check ``volume`` (flat float16, in the source's element order) against the source's values
+    (``chunks``, e.g. ``NpzVolume.chunks()``): every value must be the source value rounded to
+    float16, or, with ``clipped`` (the volume was converted with clipping), the clipped value for
+    values float16 cannot hold. Works in float64 one chunk at a time."""
+    result = Float16Comparison()
+    position = 0
+    for source in chunks:
+        if position + source.size > volume.size:
+            raise ValueError(f"the source has more values than the float16 volume ({volume.size})")
+        _compare_chunk(volume[position:position + source.size], source, position, clipped, result)
+        position += source.size
+    if position != volume.size:
+        raise ValueError(f"the source has {position} values, the float16 volume {volume.size}")
+    return result
+
+
+def _compare_chunk(half: np.ndarray, source: np.ndarray, position: int, clipped: bool,
+                   result: Float16Comparison) -> None:
+    exact = source.astype(np.float64)
+    got = half.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        error = np.abs(got - exact)  # NaN or inf where either side is not finite
+        measured = np.isfinite(error)
+        if measured.any():
+            largest = float(error[measured].max())
+            result.max_abs_error = max(result.max_abs_error or 0.0, largest)
+            result.squared_error += float(np.square(error[measured]).sum())
+            result.compared += int(measured.sum())
+        good = measured & (error <= rounding_bound(exact))
+        if clipped:
+            # What the converter wrote for values float16 cannot hold (see _convert_chunk).
+            unholdable = ~np.isfinite(exact) | (np.abs(exact) >= ROUNDS_TO_INF)
+            if unholdable.any():
+                expected = np.where(np.isnan(exact[unholdable]), 0.0, np.copysign(FLOAT16_MAX, exact[unholdable]))
+                as_clipped = got[unholdable] == expected
+                result.clipped += int(as_clipped.sum())
+                good[unholdable] = as_clipped
+    wrong = np.flatnonzero(~good)
+    if wrong.size:
+        if result.first_wrong is None:
+            first = int(wrong[0])
+            result.first_wrong = (position + first, float(exact[first]), float(got[first]))
+        result.wrong += int(wrong.size)
