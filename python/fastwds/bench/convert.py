@@ -414,7 +414,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=comma_list(positive(int)), default=[default_workers()],
                         metavar="N,N,...", help="fastwds worker counts; each one is a runner of the "
                         "default mode; the targets and the other modes use fastwds' default count when "
-                        "it is listed, else the largest (default: fastwds' default, one per two cores)")
+                        "it is listed, else the largest (default: fastwds' default, one per core)")
     parser.add_argument("--modes", type=comma_list(str, tuple(MODES)), default=["default"],
                         metavar="MODE,...", help="fastwds modes: default, full (--verify-images full, "
                         "also runs the one-core Pillow decode reference), reencode (--reencode jpeg) "
