@@ -20,6 +20,8 @@ import pytest
 from fastwds.bench import convert as bench_convert
 from fastwds.bench import harness
 from fastwds.synthetic import generate
+from npz_data import make_dataset as make_npz_dataset
+from sft_data import make_image_dataset
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -332,3 +334,81 @@ def test_harness_prints_findings_and_hands_over_the_report(tmp_path, monkeypatch
     assert seen == [report]
     assert report["findings"] == ["runners: a, b", "b has a ratio to the floor: True"]
     assert out.getvalue().endswith("\n\nrunners: a, b\nb has a ratio to the floor: True\n")
+
+
+def check_runners(report: dict, names: list[str], payload: int) -> dict:
+    """Every runner ran, with positive rates and the one payload; returns the runners by name."""
+    assert [r["name"] for r in report["runners"]] == names
+    for runner in report["runners"]:
+        assert runner["status"] == "ok", runner["message"]
+        summary = runner["summary"]
+        assert summary["samples_per_s"] > 0 and summary["mb_per_s"] > 0
+        assert {run["bytes"] for run in runner["runs"]} == {payload}
+    return {r["name"]: r for r in report["runners"]}
+
+
+@pytest.mark.slow
+def test_sft_input_sampled_with_limit(tmp_path):
+    pytest.importorskip("webdataset")
+    dataset = make_image_dataset(tmp_path / "sft")
+    # The first 20 rows of data.json: the 12 valid ones, then 8 rejected for their own reasons.
+    first = dataset.expected[:20]
+    valid = [e for e in first if e.reason is None]
+    payload = sum(len(dataset.files[name]) for e in first if e.reason is None for name in e.media)
+    # Rejected rows name media too (a missing file counts 0 bytes, a cut one its size).
+    payload += sum(len(dataset.files["a.jpg"]) for e in first
+                   if e.id in ("too-few", "video-token", "late-system", "bad-role"))
+    payload += len(dataset.files["cut.jpg"])
+    completed = bench(str(tmp_path / "sft" / "data.json"), "--limit", "20", "--repeat", "1", "--workers", "1",
+                      "--modes", "default,full", "--json", "out.json", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["params"]["kind"] == "sft" and report["params"]["rows"] == 20
+    assert report["params"]["payload_bytes"] == payload
+    by_name = check_runners(report, ["fastwds convert, 1 worker", "fastwds convert --verify-images full, 1 worker",
+                                     bench_convert.KIND_PEER["sft"], bench_convert.KIND_FLOOR["sft"],
+                                     bench_convert.DECODE], payload)
+    for name in ("fastwds convert, 1 worker", "fastwds convert --verify-images full, 1 worker"):
+        assert {run["samples"] for run in by_name[name]["runs"]} == {len(valid)}
+    assert {run["samples"] for run in by_name[bench_convert.KIND_PEER["sft"]]["runs"]} == {20}
+    assert {run["samples"] for run in by_name[bench_convert.KIND_FLOOR["sft"]]["runs"]} == {20}
+    assert "the first 20 rows of" in completed.stdout
+    summary = by_name["fastwds convert, 1 worker"]["summary"]
+    ratios = (f"ratios: fastwds convert, 1 worker is {summary['x_floor']:.2f}x the floor and "
+              f"{summary['x_peer']:.2f}x the peer (no targets for sft input)")
+    assert ratios in completed.stdout.splitlines() and "target >= 0.9x" not in completed.stdout
+
+
+@pytest.mark.slow
+def test_npz_input_sampled_with_limit(tmp_path):
+    pytest.importorskip("webdataset")
+    dataset = make_npz_dataset(tmp_path, defects=False)
+    first = sorted(dataset.files.values())[:5]  # fastwds' order: relative paths, sorted
+    payload = sum((dataset.root / relative).stat().st_size for relative in first)
+    completed = bench(str(dataset.root), "--limit", "5", "--repeat", "1", "--workers", "1",
+                      "--json", "out.json", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["params"]["kind"] == "npz" and report["params"]["rows"] == 5
+    assert report["params"]["payload_bytes"] == payload
+    by_name = check_runners(report, ["fastwds convert, 1 worker", bench_convert.KIND_PEER["npz"],
+                                     bench_convert.KIND_FLOOR["npz"]], payload)
+    for runs in by_name.values():
+        assert {run["samples"] for run in runs["runs"]} == {5}
+    assert "the first 5 volumes of" in completed.stdout and "(no targets for npz input)" in completed.stdout
+
+
+def test_npz_input_refuses_image_modes(tmp_path):
+    dataset = make_npz_dataset(tmp_path, defects=False)
+    completed = bench(str(dataset.root), "--modes", "default,reencode", cwd=tmp_path)
+    assert completed.returncode == 1 and completed.stdout == ""
+    assert completed.stderr == ("fastwds: error: --modes default,reencode: NPZ input has no images to verify "
+                                "or re-encode; only the default mode applies\n")
+
+
+def test_unknown_input_kind_is_one_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    completed = bench("notes.txt", cwd=tmp_path)
+    assert completed.returncode == 1 and completed.stdout == ""
+    assert completed.stderr == ("fastwds: error: notes.txt: bench convert reads a folder of parquet files, "
+                                "a folder of .npz volumes or an SFT .json/.jsonl file\n")

@@ -6,7 +6,9 @@ with ``--modes full``, also Pillow decoding every image on one core, the referen
 verification.
 
 Without INPUT the dataset is generated (``fastwds.synthetic``) once per invocation in a temporary
-folder, removed afterwards; with INPUT the benchmark uses the first ``--limit`` rows of it.
+folder, removed afterwards; with INPUT the benchmark uses the first ``--limit`` rows of it. INPUT may
+also be an SFT .json/.jsonl file or a folder of NPZ volumes: their runners are in
+``fastwds.bench.convert_sources``, and the parquet targets are not applied to them.
 Every runner reads the same rows in the same order (fastwds's: subsets by name, files by name)
 and is measured by the same payload, the image bytes of those rows, so MB/s compare directly.
 """
@@ -30,19 +32,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fastwds.bench import convert_sources as sources
 from fastwds.bench.harness import Clock, Runner, Suite, make_durable, positive, run_suite
 from fastwds.bench.plot import require_matplotlib, plot_scaling
 from fastwds.convert.cli import default_workers
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.run import convert
 from fastwds.errors import InvalidInputError
+from fastwds.sources.npz import find_volumes
 from fastwds.sources.parquet import ParquetColumns, discover_subsets, plan_parquet
 from fastwds.synthetic import generate
 
 log = logging.getLogger(__name__)
 
-HELP = ("convert a parquet dataset (yours, or a generated LLaVA-style one) with fastwds, "
-        "webdataset.ShardWriter and a raw pyarrow read + write")
+HELP = ("convert a parquet dataset (yours, or a generated LLaVA-style one), an SFT JSON file or an NPZ "
+        "folder with fastwds, webdataset.ShardWriter and a raw read + write")
 MAXCOUNT = 10_000  # samples per shard, for fastwds and the peer alike
 DEFAULT_ROWS = 12_000
 DEFAULT_LIMIT = 12_000
@@ -57,6 +61,10 @@ MODES = {
 PEER = "webdataset.ShardWriter fed by pyarrow"
 FLOOR = "pyarrow read + write all column buffers"
 DECODE = "Pillow full decode, 1 core"
+# The other kinds of INPUT: their peer and floor, and what the payload is.
+KIND_PEER = {"sft": "webdataset.ShardWriter fed by json", "npz": "webdataset.ShardWriter fed by numpy float16"}
+KIND_FLOOR = {"sft": "read + write the JSON and media bytes", "npz": "read + write the .npz bytes"}
+PAYLOAD = {"parquet": "images", "sft": "media files", "npz": ".npz files"}
 # Targets (issue 6 and issue 3): printed with the results, never asserted.
 TARGET_X_FLOOR = 0.9
 TARGET_X_PEER = 2.5
@@ -66,12 +74,20 @@ TARGET_FULL_X_DECODE = 1.8
 # ---- the input, as every runner reads it -------------------------------------------------------
 
 def input_kind(path: Path) -> str:
-    """The kind of dataset at ``path``. Only parquet folders exist so far; SFT JSON and NPZ
-    folders will each need a planner for the fastwds runner and a batch reader for the others."""
+    """The kind of dataset at ``path``: "parquet" (a folder with parquet files), "npz" (a folder
+    with .npz volumes and no parquet) or "sft" (a .json or .jsonl file)."""
+    if path.is_file() and path.suffix.lower() in sources.SFT_SUFFIXES:
+        return "sft"
     if path.is_dir():
+        if next(path.rglob("*.parquet"), None) is None:
+            try:
+                find_volumes(path)
+                return "npz"
+            except InvalidInputError:
+                pass
         return "parquet"  # discover_subsets says so clearly if the folder holds no parquet
-    raise InvalidInputError(f"{path}: bench convert reads a folder of parquet files "
-                            "(SFT JSON and NPZ inputs are not supported yet)")
+    raise InvalidInputError(f"{path}: bench convert reads a folder of parquet files, a folder of .npz "
+                            "volumes or an SFT .json/.jsonl file")
 
 
 def read_batches(root: str, limit: int | None, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -126,6 +142,8 @@ def payload_of(root: str, limit: int | None, columns: ParquetColumns) -> tuple[i
 
 def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
     """The library as ``fastwds convert parquet`` calls it: planning is part of the timed job."""
+    if args.get("kind", "parquet") != "parquet":
+        return sources.fastwds_convert(args, out_dir, clock, MODES[args["mode"]][0])
     columns = ParquetColumns()
     options = ConvertOptions(max_samples_per_shard=MAXCOUNT, source_options=columns, limit=args["limit"],
                              num_workers=args["workers"], **MODES[args["mode"]][0])
@@ -212,8 +230,11 @@ def pillow_decode(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str
     from PIL import Image
 
     columns = ParquetColumns()
-    images = [data for batch in read_batches(args["input"], args["limit"], [columns.image, columns.images])
-              for array in image_arrays(batch, columns) for data in array.to_pylist() if data]
+    if args.get("kind") == "sft":
+        images = sources.sft_images(args)
+    else:
+        images = [data for batch in read_batches(args["input"], args["limit"], [columns.image, columns.images])
+                  for array in image_arrays(batch, columns) for data in array.to_pylist() if data]
     with clock:
         for data in images:
             try:
@@ -261,6 +282,8 @@ def generated_input(folder: Path, rows: int, broken_share: float, multi_image_sh
 
 def describe(path: Path, limit: int | None) -> BenchInput:
     kind = input_kind(path)
+    if kind != "parquet":
+        return describe_other(kind, path, limit)
     # Planning first: it names the file and the reason when the input cannot be converted.
     plan = plan_parquet(path, ParquetColumns(), MAXCOUNT, ConvertOptions().max_shard_bytes, limit)
     rows, payload = payload_of(str(path), limit, ParquetColumns())
@@ -275,6 +298,27 @@ def describe(path: Path, limit: int | None) -> BenchInput:
                       params={"generated": False, "input": str(path.resolve()), "limit": limit, "rows": rows})
 
 
+def describe_other(kind: str, path: Path, limit: int | None) -> BenchInput:
+    """An SFT file or an NPZ folder, planned as fastwds would (the plan names the file and the
+    reason when it cannot be converted), with its rows and payload as the other runners read them."""
+    if kind == "sft":
+        plan = sources.plan_sft_input(str(path), limit, MAXCOUNT)
+        rows, payload = sources.sft_payload(str(path), limit)
+        unit, shards = "rows", f"shards of {MAXCOUNT:,} samples, Energon metadata"
+    else:
+        plan = sources.plan_npz_input(str(path), limit)
+        rows, payload = sources.npz_payload(str(path), limit)
+        unit, shards = "volumes", f"shards of {sources.NPZ_SAMPLES_PER_SHARD:,} volumes, float16, no CSVs"
+    if rows == 0:
+        raise InvalidInputError(f"{path}: no {unit} to convert")
+    if rows != plan.total_rows:  # both count the rows the runners convert: a bug if they differ
+        raise RuntimeError(f"{path}: {rows} {unit} read, {plan.total_rows} planned")
+    description = (f"the first {rows:,} {unit} of {path} ({payload / 1e6:,.1f} MB of {PAYLOAD[kind]}), {shards}")
+    return BenchInput(kind, str(path.resolve()), limit, rows, payload, len(plan.tasks), description,
+                      params={"generated": False, "kind": kind, "input": str(path.resolve()), "limit": limit,
+                              "rows": rows})
+
+
 def target_workers(workers: list[int]) -> int:
     """The worker count the targets and the other modes use: fastwds' default when it was
     measured (what users get), else the largest."""
@@ -283,7 +327,7 @@ def target_workers(workers: list[int]) -> int:
 
 def build_suite(data: BenchInput, modes: list[str], workers: list[int]) -> Suite:
     common = {"kind": data.kind, "input": data.path, "limit": data.limit, "rows": data.rows,
-              "payload_bytes": data.payload_bytes}
+              "payload_bytes": data.payload_bytes, "maxcount": MAXCOUNT}
     checks = {"expected_rejects": data.expected_rejects}
     chosen = target_workers(workers)
     runs = [("default", w) for w in workers] if "default" in modes else []
@@ -291,21 +335,30 @@ def build_suite(data: BenchInput, modes: list[str], workers: list[int]) -> Suite
     runners = [Runner(fastwds_name(mode, count), f"{__name__}:fastwds_convert",
                       {**common, **checks, "mode": mode, "workers": count}, deterministic=True)
                for mode, count in runs]
-    runners += [Runner(PEER, f"{__name__}:webdataset_convert", common, requires=("webdataset",)),
-                Runner(FLOOR, f"{__name__}:pyarrow_floor", common)]
+    peer, floor = peer_and_floor(data.kind)
+    if data.kind == "parquet":
+        runners += [Runner(PEER, f"{__name__}:webdataset_convert", common, requires=("webdataset",)),
+                    Runner(FLOOR, f"{__name__}:pyarrow_floor", common)]
+    else:
+        runners += [Runner(peer, f"{sources.__name__}:{data.kind}_peer", common, requires=("webdataset",)),
+                    Runner(floor, f"{sources.__name__}:{data.kind}_floor", common)]
     if "full" in modes:
         runners.append(Runner(DECODE, f"{__name__}:pillow_decode", common))
     return Suite(
         name="convert",
         description=data.description,
         runners=runners,
-        floor=FLOOR,
-        peer=PEER,
+        floor=floor,
+        peer=peer,
         params={**data.params, "modes": modes, "workers": workers, "maxcount": MAXCOUNT,
                 "payload_bytes": data.payload_bytes, "shard_tasks": data.tasks},
         notes=notes(data),
-        findings=lambda summaries: findings(summaries, modes, workers),
+        findings=lambda summaries: findings(summaries, modes, workers, data.kind),
     )
+
+
+def peer_and_floor(kind: str) -> tuple[str, str]:
+    return (PEER, FLOOR) if kind == "parquet" else (KIND_PEER[kind], KIND_FLOOR[kind])
 
 
 def fastwds_name(mode: str, workers: int) -> str:
@@ -313,6 +366,8 @@ def fastwds_name(mode: str, workers: int) -> str:
 
 
 def notes(data: BenchInput) -> list[str]:
+    if data.kind != "parquet":
+        return other_notes(data)
     checked = ("exactly the rows less the planted broken ones, rejected for the planted reasons"
                if data.expected_rejects is not None else "every row accounted for in the manifest")
     return [
@@ -332,7 +387,29 @@ def notes(data: BenchInput) -> list[str]:
     ]
 
 
-def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int]) -> list[str]:
+def other_notes(data: BenchInput) -> list[str]:
+    source = "plan_sft + convert, Energon metadata on as in `convert sft`" if data.kind == "sft" else \
+        "plan_npz + convert, no CSVs, one volume per batch as in `convert npz`"
+    peer = ("each row's media files read and written under their extension, the row as json"
+            if data.kind == "sft" else "each volume np.load-ed, cast to float16 and np.save-d, with a small json")
+    floor = ("the rows' JSON bytes and every media file they name (found before the clock starts)"
+             if data.kind == "sft" else "every .npz file")
+    return [
+        f"payload = the {data.payload_bytes / 1e6:,.1f} MB of {PAYLOAD[data.kind]} of those "
+        f"{'rows' if data.kind == 'sft' else 'volumes'}, the same for every runner, so MB/s ratios are time "
+        "ratios; samples: fastwds counts the valid samples it wrote, the others every one",
+        f"fastwds runs through the library ({source}): planning, validation, shards, manifest and fsync "
+        f"are timed; {data.tasks} shard task{'s' if data.tasks != 1 else ''}; shards byte-identical in "
+        "every repetition",
+        f"peer: webdataset.ShardWriter, {peer}, no validation; floor: {floor} read and written to one "
+        "file; both fsync their output inside the timed section, as fastwds does",
+        "peak RSS of a run with worker processes is its largest single process (the runner or one "
+        "worker), not their sum; webdataset imports torch, which is most of the peer's peak RSS",
+    ]
+
+
+def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int],
+             kind: str = "parquet") -> list[str]:
     """The scaling line and the targets, from the medians (printed, never asserted)."""
     lines = []
 
@@ -352,13 +429,17 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
         name = fastwds_name("default", target_workers(workers))
         summary = summaries.get(name)
         if summary is None:
-            lines.append(f"targets: no ratios, {name} failed")
+            lines.append(f"{'targets' if kind == 'parquet' else 'ratios'}: no ratios, {name} failed")
         else:
-            parts = [verdict(summary[key], reference, target) if summary[key] is not None
+            parts = [(verdict(summary[key], reference, target) if kind == "parquet"
+                      else f"{summary[key]:.2f}x {reference}") if summary[key] is not None
                      else f"no ratio to {reference} (it failed)"
                      for key, reference, target in (("x_floor", "the floor", TARGET_X_FLOOR),
                                                     ("x_peer", "the peer", TARGET_X_PEER))]
-            lines.append(f"targets: {name} is {' and '.join(parts)}")
+            if kind == "parquet":
+                lines.append(f"targets: {name} is {' and '.join(parts)}")
+            else:  # the issue's targets are for LLaVA-style parquet
+                lines.append(f"ratios: {name} is {' and '.join(parts)} (no targets for {kind} input)")
     if "full" in modes:
         name = fastwds_name("full", target_workers(workers))
         full, decode = summaries.get(name), summaries.get(DECODE)
@@ -401,9 +482,10 @@ def share(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", nargs="?", metavar="INPUT",
-                        help="a folder of parquet files to sample (default: generate a dataset)")
+                        help="a folder of parquet files, an SFT .json/.jsonl file or a folder of .npz "
+                        "volumes to sample (default: generate a parquet dataset)")
     parser.add_argument("--limit", type=positive(int), metavar="N",
-                        help=f"with INPUT: use its first N rows (default: {DEFAULT_LIMIT:,})")
+                        help=f"with INPUT: use its first N rows or volumes (default: {DEFAULT_LIMIT:,})")
     parser.add_argument("--rows", type=positive(int), metavar="N",
                         help=f"without INPUT: rows to generate (default: {DEFAULT_ROWS:,})")
     parser.add_argument("--broken-share", type=share, metavar="F",
@@ -432,6 +514,9 @@ def run(args: argparse.Namespace) -> int:
                                           ("--seed", args.seed)) if value is not None]
         if given:
             raise InvalidInputError(f"{', '.join(given)}: only without INPUT (use --limit to sample INPUT)")
+        if input_kind(Path(args.input)) == "npz" and args.modes != ["default"]:
+            raise InvalidInputError(f"--modes {','.join(args.modes)}: NPZ input has no images to verify or "
+                                    "re-encode; only the default mode applies")
         return run_on(describe(Path(args.input), args.limit or DEFAULT_LIMIT), args)
     if args.limit is not None:
         raise InvalidInputError("--limit samples INPUT; without INPUT, --rows sets the size")

@@ -1,0 +1,217 @@
+"""``fastwds bench convert`` on an SFT JSON/JSONL file or an NPZ folder: what the runners read
+and the runners themselves (the parquet ones live in ``fastwds.bench.convert``).
+
+Every runner of a kind converts the same first ``limit`` samples in fastwds' order and is
+measured by the same payload: the media files those SFT rows name, or the .npz files of those
+volumes. The peer is ``webdataset.ShardWriter`` fed the way a conversion script would feed it,
+with no checks; the floor reads the input bytes and writes them to one file. Both fsync inside
+the timed section, as fastwds does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastwds.bench.harness import Clock, make_durable
+from fastwds.convert.cli import parse_size
+from fastwds.convert.npz_cli import DEFAULT_MAX_SHARD_SIZE as NPZ_MAX_SHARD_SIZE
+from fastwds.convert.npz_cli import DEFAULT_SAMPLES_PER_SHARD as NPZ_SAMPLES_PER_SHARD
+from fastwds.convert.options import ConvertOptions
+from fastwds.convert.plan import Plan
+from fastwds.convert.run import convert
+from fastwds.sources.npz import NpzOptions, find_volumes, plan_npz, volume_key
+from fastwds.sources.sft import SftOptions, SftRow, iter_rows, parse_row, plan_sft, resolve_media
+
+SFT_SUFFIXES = (".json", ".jsonl")
+
+
+# ---- the input, as every runner reads it -------------------------------------------------------
+
+@dataclass
+class SftSample:
+    value: Any  # the row as parsed (a Problem for a JSONL line that does not parse)
+    media: list[str]  # resolved media paths (none for a row that is not a sample)
+
+
+def sft_samples(path: str, limit: int | None) -> tuple[list[SftSample], int]:
+    """The first ``limit`` rows in fastwds' order, and the bytes of the JSON file they occupy
+    (from the file's start to the end of the last row)."""
+    json_dir = Path(path).parent
+    samples, end = [], 0
+    for _, byte_stop, value in iter_rows(Path(path)):
+        if limit is not None and len(samples) >= limit:
+            break
+        row = parse_row(value, "image")
+        media = [resolve_media(p, json_dir, None) for p in row.paths] if isinstance(row, SftRow) else []
+        samples.append(SftSample(value, media))
+        end = byte_stop
+    return samples, end
+
+
+def file_size(path: str) -> int:
+    """0 for a missing or unreadable media file: fastwds rejects that row, the others skip it."""
+    try:
+        return os.stat(path).st_size if os.path.isfile(path) else 0
+    except OSError:
+        return 0
+
+
+def sft_payload(path: str, limit: int | None) -> tuple[int, int]:
+    """``(rows, media bytes)`` of the rows the benchmark converts."""
+    samples, _ = sft_samples(path, limit)
+    return len(samples), sum(file_size(m) for s in samples for m in s.media)
+
+
+def plan_sft_input(path: str, limit: int | None, maxcount: int) -> Plan:
+    return plan_sft([path], SftOptions(), maxcount, ConvertOptions().max_shard_bytes, limit)
+
+
+def npz_volumes(root: str, limit: int | None) -> list[str]:
+    """The first ``limit`` volume files (relative to ``root``) in fastwds' order."""
+    return find_volumes(Path(root))[:limit]
+
+
+def npz_payload(root: str, limit: int | None) -> tuple[int, int]:
+    """``(volumes, .npz bytes)`` of the volumes the benchmark converts."""
+    volumes = npz_volumes(root, limit)
+    return len(volumes), sum(os.stat(Path(root, v)).st_size for v in volumes)
+
+
+def plan_npz_input(root: str, limit: int | None) -> Plan:
+    return plan_npz(root, NpzOptions(), NPZ_SAMPLES_PER_SHARD, parse_size(NPZ_MAX_SHARD_SIZE), limit)
+
+
+# ---- runners (each runs in its own process; see harness.py) ------------------------------------
+
+def fastwds_options(args: dict[str, Any], mode_options: dict[str, Any]) -> ConvertOptions:
+    """The options the CLI would use: ``convert sft`` writes Energon metadata and indexes by
+    default; ``convert npz`` converts one volume per batch with queues one deep."""
+    if args["kind"] == "sft":
+        options = ConvertOptions(max_samples_per_shard=args["maxcount"], source_options=SftOptions(),
+                                 limit=args["limit"], num_workers=args["workers"], **mode_options)
+        return replace(options, energon_index=True)
+    options = ConvertOptions(max_samples_per_shard=NPZ_SAMPLES_PER_SHARD, max_shard_bytes=parse_size(NPZ_MAX_SHARD_SIZE),
+                             source_options=NpzOptions(), limit=args["limit"], num_workers=args["workers"])
+    return replace(options, batch_rows=1, queue_batches=1, image_threads=1)
+
+
+def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock, mode_options: dict[str, Any]) -> dict[str, Any]:
+    """The library as ``fastwds convert sft|npz`` calls it: planning is part of the timed job."""
+    options = fastwds_options(args, mode_options)
+    with clock:
+        if args["kind"] == "sft":
+            plan = plan_sft([args["input"]], options.source_options, options.max_samples_per_shard,
+                            options.max_shard_bytes, options.limit)
+        else:
+            plan = plan_npz(args["input"], options.source_options, options.max_samples_per_shard,
+                            options.max_shard_bytes, options.limit)
+        manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False)
+    totals = manifest["totals"]
+    if totals["rows"] != args["rows"]:
+        raise RuntimeError(f"fastwds read {totals['rows']:,} rows, the benchmark has {args['rows']:,}")
+    digests = []
+    for shard in sorted(manifest["shards"], key=lambda s: s["name"]):
+        with open(out_dir / shard["name"], "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != shard["sha256"]:
+            raise RuntimeError(f"{shard['name']}: sha256 {digest} on disk, {shard['sha256']} in the manifest")
+        digests.append(digest)
+    if sorted(p.name for p in out_dir.glob("*.tar")) != sorted(s["name"] for s in manifest["shards"]):
+        raise RuntimeError(f"the shards on disk differ from the manifest's: {sorted(out_dir.glob('*.tar'))}")
+    return {"samples": totals["samples"], "bytes": args["payload_bytes"], "outputs": digests}
+
+
+def read_media(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:  # missing or a folder: a script without checks would skip it (or crash)
+        return None
+
+
+def sft_peer(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
+    """The peer: the JSON rows parsed, each row's media files read and written as they are
+    (named by their file extension), the row as json; no checks."""
+    import webdataset
+
+    with clock:
+        samples, _ = sft_samples(args["input"], args["limit"])
+        writer = webdataset.ShardWriter(str(out_dir / "shard-%06d.tar"), maxcount=args["maxcount"], verbose=0)
+        for sample in samples:
+            member = {"__key__": f"sample{writer.total:09d}"}
+            for number, path in enumerate(sample.media):
+                data = read_media(path)
+                if data is not None:
+                    extension = os.path.splitext(path)[1].lstrip(".").lower() or "bin"
+                    member[extension if len(sample.media) == 1 else f"{number}.{extension}"] = data
+            value = sample.value if isinstance(sample.value, (dict, list, str, int, float)) else None
+            member["json"] = json.dumps(value).encode()
+            writer.write(member)
+        writer.close()
+        make_durable(out_dir)
+    return {"samples": writer.total, "bytes": args["payload_bytes"], "outputs": None}
+
+
+def sft_floor(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
+    """The floor: the JSON bytes of the rows and every media file they name, read and written
+    to one file back to back. Which files to read is found before the clock starts: only the
+    reading and writing are timed."""
+    samples, json_bytes = sft_samples(args["input"], args["limit"])
+    paths = [m for s in samples for m in s.media]
+    with clock:
+        with open(out_dir / "bytes.bin", "wb") as out:
+            with open(args["input"], "rb") as f:
+                out.write(f.read(json_bytes))
+            for path in paths:
+                data = read_media(path)
+                if data is not None:
+                    out.write(data)
+        make_durable(out_dir)
+    return {"samples": len(samples), "bytes": args["payload_bytes"], "outputs": None}
+
+
+def sft_images(args: dict[str, Any]) -> list[bytes]:
+    """Every media file's bytes, for the one-core decode reference."""
+    samples, _ = sft_samples(args["input"], args["limit"])
+    return [data for s in samples for m in s.media if (data := read_media(m))]
+
+
+def npz_peer(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
+    """The peer: each volume loaded with numpy, cast to float16 and saved as .npy bytes, with
+    a small json; no checks for NaN, infinities or float16 overflow."""
+    import webdataset
+
+    with clock:
+        writer = webdataset.ShardWriter(str(out_dir / "shard-%06d.tar"), maxcount=NPZ_SAMPLES_PER_SHARD,
+                                        maxsize=parse_size(NPZ_MAX_SHARD_SIZE), verbose=0)
+        for relative in npz_volumes(args["input"], args["limit"]):
+            with np.load(Path(args["input"], relative)) as archive:
+                volume = archive[archive.files[0]]
+            buffer = io.BytesIO()
+            np.save(buffer, volume.astype(np.float16))
+            document = {"id": volume_key(relative), "file": relative, "shape": list(volume.shape)}
+            writer.write({"__key__": volume_key(relative), "npy": buffer.getvalue(),
+                          "json": json.dumps(document).encode()})
+        writer.close()
+        make_durable(out_dir)
+    return {"samples": writer.total, "bytes": args["payload_bytes"], "outputs": None}
+
+
+def npz_floor(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any]:
+    """The floor: every .npz file's bytes read and written to one file back to back."""
+    volumes = npz_volumes(args["input"], args["limit"])
+    with clock:
+        with open(out_dir / "volumes.bin", "wb") as out:
+            for relative in volumes:
+                with open(Path(args["input"], relative), "rb") as f:
+                    out.write(f.read())
+        make_durable(out_dir)
+    return {"samples": len(volumes), "bytes": args["payload_bytes"], "outputs": None}
