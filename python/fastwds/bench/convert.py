@@ -16,7 +16,6 @@ and is measured by the same payload, the image bytes of those rows, so MB/s comp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -33,7 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fastwds.bench import convert_sources as sources
-from fastwds.bench.harness import Clock, Runner, Suite, make_durable, positive, run_suite
+from fastwds.bench.harness import (Clock, Runner, Suite, make_durable, manifest_shard_digests, positive,
+                                    run_suite)
 from fastwds.bench.plot import require_matplotlib, plot_scaling
 from fastwds.convert.cli import default_workers
 from fastwds.convert.options import ConvertOptions
@@ -152,15 +152,7 @@ def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[s
                             options.limit)
         manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False)
     check_manifest(manifest, args)
-    digests = []
-    for shard in sorted(manifest["shards"], key=lambda s: s["name"]):
-        with open(out_dir / shard["name"], "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != shard["sha256"]:
-            raise RuntimeError(f"{shard['name']}: sha256 {digest} on disk, {shard['sha256']} in the manifest")
-        digests.append(digest)
-    if sorted(p.name for p in out_dir.glob("*.tar")) != sorted(s["name"] for s in manifest["shards"]):
-        raise RuntimeError(f"the shards on disk differ from the manifest's: {sorted(out_dir.glob('*.tar'))}")
+    digests = manifest_shard_digests(manifest, out_dir)
     return {"samples": manifest["totals"]["samples"], "bytes": args["payload_bytes"], "outputs": digests}
 
 

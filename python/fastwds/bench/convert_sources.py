@@ -10,7 +10,6 @@ the timed section, as fastwds does.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fastwds.bench.harness import Clock, make_durable
+from fastwds.bench.harness import Clock, make_durable, manifest_shard_digests
 from fastwds.convert.cli import parse_size
 from fastwds.convert.npz_cli import DEFAULT_MAX_SHARD_SIZE as NPZ_MAX_SHARD_SIZE
 from fastwds.convert.npz_cli import DEFAULT_SAMPLES_PER_SHARD as NPZ_SAMPLES_PER_SHARD
@@ -117,15 +116,7 @@ def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock, mode_opti
     totals = manifest["totals"]
     if totals["rows"] != args["rows"]:
         raise RuntimeError(f"fastwds read {totals['rows']:,} rows, the benchmark has {args['rows']:,}")
-    digests = []
-    for shard in sorted(manifest["shards"], key=lambda s: s["name"]):
-        with open(out_dir / shard["name"], "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != shard["sha256"]:
-            raise RuntimeError(f"{shard['name']}: sha256 {digest} on disk, {shard['sha256']} in the manifest")
-        digests.append(digest)
-    if sorted(p.name for p in out_dir.glob("*.tar")) != sorted(s["name"] for s in manifest["shards"]):
-        raise RuntimeError(f"the shards on disk differ from the manifest's: {sorted(out_dir.glob('*.tar'))}")
+    digests = manifest_shard_digests(manifest, out_dir)
     return {"samples": totals["samples"], "bytes": args["payload_bytes"], "outputs": digests}
 
 

@@ -132,6 +132,21 @@ def sha256_files(directory: Path) -> list[str]:
     return digests
 
 
+def manifest_shard_digests(manifest: dict[str, Any], out_dir: Path) -> list[str]:
+    """The sha256 of every shard a fastwds manifest lists, read back from disk and checked against
+    the manifest; the shards on disk must be exactly those. A fast but wrong run must not win."""
+    digests = []
+    for shard in sorted(manifest["shards"], key=lambda s: s["name"]):
+        with open(out_dir / shard["name"], "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != shard["sha256"]:
+            raise RuntimeError(f"{shard['name']}: sha256 {digest} on disk, {shard['sha256']} in the manifest")
+        digests.append(digest)
+    if sorted(p.name for p in out_dir.glob("*.tar")) != sorted(s["name"] for s in manifest["shards"]):
+        raise RuntimeError(f"the shards on disk differ from the manifest's: {sorted(out_dir.glob('*.tar'))}")
+    return digests
+
+
 def make_durable(directory: Path) -> None:
     """fsync every file under ``directory`` and the directories holding them, for runners whose
     writer does not, so that every runner stops its clock with its output on disk."""
