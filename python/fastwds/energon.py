@@ -29,7 +29,10 @@ from pathlib import Path
 
 from fastwds import __version__
 from fastwds.errors import FastwdsError, InvalidInputError
-from fastwds.indexes import write_text_atomically
+from fastwds.indexes import write_bytes_atomically, write_text_atomically
+# Energon's member-name rules are webdataset's (megatron/energon/flavors/webdataset/config.py).
+from fastwds.shards import KEY_SPLIT, SKIP_META
+from fastwds.tarstream import parse_number
 
 ENERGON_VERSION = "7.4.1"
 META_DIR = ".nv-meta"
@@ -37,9 +40,6 @@ INDEX_SQLITE = "index.sqlite"
 # Energon's own sample type has no chat fields; this one lives in fastwds (see energon_types.py).
 DEFAULT_SAMPLE_TYPE = "fastwds.energon_types:ChatSample"
 
-# Energon's member-name rules (megatron/energon/flavors/webdataset/config.py).
-_SPLIT_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-_SKIP_META = re.compile(r"__[^/]*__($|/)")
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _LOADER_MARK = "# Written by fastwds"
@@ -133,7 +133,7 @@ def index_shard(root: Path, name: str) -> ShardIndex:
                 break
             member, length, kind = _parse_header(header, path, offset)
             data_offset = offset + _BLOCK
-            if kind in (b"0", b"\0") and not _SKIP_META.match(member):
+            if kind in (b"0", b"\0") and not SKIP_META.match(member):
                 key, part = _split_name(member)
                 if key is not None:
                     if key != last_key:
@@ -153,7 +153,7 @@ def _split_name(member: str) -> tuple[str | None, str]:
     if "/" not in member:
         key, dot, part = member.partition(".")
         return (key, part) if dot and key else (None, "")
-    match = _SPLIT_NAME.match(member)
+    match = KEY_SPLIT.match(member)
     return match.groups() if match else (None, "")
 
 
@@ -167,7 +167,7 @@ def _parse_header(header: bytes, path: Path, offset: int) -> tuple[str, int, byt
     prefix = header[345:500].split(b"\0", 1)[0]
     if prefix:
         name = prefix + b"/" + name
-    length = int(header[124:136].strip(b" \0") or b"0", 8)
+    length = parse_number(header[124:136])
     return name.decode("utf-8"), length, kind
 
 
@@ -309,9 +309,7 @@ def write_energon_meta(output_dir: Path, shards: Sequence[dict], *, split_ratio:
 
 def _write_or_check_tar_idx(path: Path, wanted: bytes) -> None:
     if not path.exists():
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(wanted)
-        os.replace(partial, path)
+        write_bytes_atomically(path, wanted)
     elif path.read_bytes() != wanted:
         raise FastwdsError(f"{path}: does not match the shard's tar headers; delete it and run again with --resume")
 

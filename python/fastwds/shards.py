@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from fastwds.errors import InvalidInputError
 from fastwds.paths import matching_files
+from fastwds.tarstream import checksum_ok, parse_number, parse_pax
 
 BLOCK = 512
 
@@ -71,46 +72,6 @@ class TarDefect:
 
 def padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
-
-
-def parse_number(field_bytes: bytes) -> int:
-    """A numeric header field: octal text, or GNU base-256 when the high bit of the first byte is set."""
-    if field_bytes and field_bytes[0] & 0x80:
-        value = int.from_bytes(field_bytes[1:], "big")
-        if field_bytes[0] & 0x40:  # negative base-256
-            value -= 1 << (8 * (len(field_bytes) - 1))
-        return value
-    text = field_bytes.split(b"\0", 1)[0].strip(b" ")
-    return int(text, 8) if text else 0
-
-
-def header_checksum_ok(block: bytes) -> bool:
-    try:
-        stored = parse_number(block[148:156])
-    except ValueError:
-        return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    if stored == unsigned:
-        return True
-    # Some old producers summed signed chars; tarfile and GNU tar accept both.
-    high = sum(1 for b in block[:148] + block[156:] if b >= 128)
-    return stored == unsigned - 256 * high
-
-
-def parse_pax(data: bytes) -> dict[str, str]:
-    """PAX records ``"<len> <key>=<value>\\n"``; raises ValueError when malformed."""
-    records: dict[str, str] = {}
-    position = 0
-    while position < len(data) and data[position] != 0:
-        space = data.index(b" ", position)
-        length = int(data[position:space])
-        record = data[space + 1:position + length]
-        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
-            raise ValueError(f"malformed PAX record at byte {position}")
-        key, value = record[:-1].split(b"=", 1)
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        position += length
-    return records
 
 
 def decode_name(raw: bytes) -> str:
@@ -203,7 +164,7 @@ class TarScanner:
                 self.end_of_data = offset
                 self._check_end(offset)
                 break
-            if not header_checksum_ok(block):
+            if not checksum_ok(block, signed_sums=True):
                 self._defect("tar_bad_checksum", offset, "header checksum does not match: the archive is "
                              "corrupt from here on (readers stop or fail at this point)")
                 self.end_of_data = offset
@@ -297,7 +258,7 @@ class TarScanner:
                 where = chunk_offset + len(chunk) - len(stripped)
                 # A valid header here is a member every reader misses: they stop at the marker.
                 after = chunk[(where - chunk_offset) // BLOCK * BLOCK:][:BLOCK]
-                lost = len(after) == BLOCK and header_checksum_ok(after)
+                lost = len(after) == BLOCK and checksum_ok(after, signed_sums=True)
                 self._defect("tar_data_after_end", where,
                              "tar headers follow the end-of-archive blocks: readers stop before them, "
                              "so those members are lost" if lost else

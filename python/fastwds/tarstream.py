@@ -33,31 +33,41 @@ class UnsafeMemberError(ShardFormatError):
 
 
 def parse_number(field: bytes) -> int:
-    """A numeric header field: octal text, or GNU base-256 for values octal cannot hold."""
-    if field[0] & 0x80:
+    """A numeric header field: octal text ending at the first NUL (as tarfile reads it), or GNU
+    base-256 for values octal cannot hold."""
+    if field and field[0] & 0x80:
         value = int.from_bytes(field[1:], "big")
         return value - (1 << (8 * len(field) - 8)) if field[0] & 0x40 else value
-    text = field.rstrip(b"\0 ").lstrip(b" ")
+    text = field.split(b"\0", 1)[0].strip(b" ")
     return int(text, 8) if text else 0
 
 
-def checksum_ok(header: bytes) -> bool:
+def checksum_ok(header: bytes, signed_sums: bool = False) -> bool:
+    """The header's checksum, computed with its own field as eight spaces. ``signed_sums`` also
+    accepts sums of signed chars, which some old producers wrote (tarfile and GNU tar accept them)."""
     try:
         stored = parse_number(header[148:156])
     except ValueError:  # not even a number: not a tar header
         return False
-    # The checksum is computed with its own field as eight spaces.
-    return stored == sum(header) - sum(header[148:156]) + 8 * 32
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
+    if stored == unsigned:
+        return True
+    high = sum(1 for b in header[:148] + header[156:] if b >= 128) if signed_sums else 0
+    return signed_sums and stored == unsigned - 256 * high
 
 
 def parse_pax(data: bytes) -> dict[str, str]:
-    """PAX records: ``"<length> <key>=<value>\\n"`` each."""
-    records, position = {}, 0
-    while position < len(data) and data[position:position + 1] != b"\0":
+    """PAX records ``"<length> <key>=<value>\\n"``; raises ValueError when malformed."""
+    records: dict[str, str] = {}
+    position = 0
+    while position < len(data) and data[position] != 0:
         space = data.index(b" ", position)
         length = int(data[position:space])
-        key, _, value = data[space + 1:position + length - 1].partition(b"=")
-        records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+        record = data[space + 1:position + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise ValueError(f"malformed PAX record at byte {position}")
+        key, value = record[:-1].split(b"=", 1)
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         position += length
     return records
 
