@@ -15,6 +15,7 @@ from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
 from parquet_data import rgb_image, rows, turns, write_rows
 
 import fastwds
+from fastwds.validate import REASONS
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def test_every_reason_is_named_and_every_valid_row_arrives_once(handmade, tmp_pa
     summary = json.loads(result.stdout)
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert Counter(r["reason"] for r in rejects) == Counter(r[4] for r in rows() if r[4])
+    assert {r["reason"] for r in rejects} <= REASONS.keys(), "every reason is documented in validate.REASONS"
     for reject in rejects:
         assert reject["action"] == "skipped" and reject["file"].endswith(".parquet")
         assert {"subset", "row", "id", "detail"} <= reject.keys()

@@ -15,7 +15,6 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -169,9 +168,6 @@ class Sidecars:
             self._check_dali(scan)
             self._check_energon_idx(scan)
             self._check_energon_meta(scan, key)
-
-    def _mismatch(self, code: str, scan: ShardScan, what: str, expected: Any, actual: Any) -> None:
-        self.report(code, f"{what}: index says {expected}, shard has {actual}", shard=scan.name)
 
     def _check_manifest(self, scan: ShardScan, key: str) -> None:
         if self.manifest is None:

@@ -80,10 +80,6 @@ def normalize_conversations(turns: Any, allow_empty_system: bool = False) -> lis
     return normalized
 
 
-def count_image_tokens(conversations: list[dict[str, str]]) -> int:
-    return count_tokens(conversations, IMAGE_TOKEN)
-
-
 def count_tokens(conversations: list[dict[str, str]], token: str) -> int:
     return sum(turn["content"].count(token) for turn in conversations)
 

@@ -123,13 +123,14 @@ def peak_rss_kib() -> int:
     return max(own, children)
 
 
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def sha256_files(directory: Path) -> list[str]:
     """sha256 hex of every file under ``directory``, in path order."""
-    digests = []
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        with open(path, "rb") as f:
-            digests.append(hashlib.file_digest(f, "sha256").hexdigest())
-    return digests
+    return [file_sha256(path) for path in sorted(p for p in directory.rglob("*") if p.is_file())]
 
 
 def manifest_shard_digests(manifest: dict[str, Any], out_dir: Path) -> list[str]:
@@ -137,8 +138,7 @@ def manifest_shard_digests(manifest: dict[str, Any], out_dir: Path) -> list[str]
     the manifest; the shards on disk must be exactly those. A fast but wrong run must not win."""
     digests = []
     for shard in sorted(manifest["shards"], key=lambda s: s["name"]):
-        with open(out_dir / shard["name"], "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = file_sha256(out_dir / shard["name"])
         if digest != shard["sha256"]:
             raise RuntimeError(f"{shard['name']}: sha256 {digest} on disk, {shard['sha256']} in the manifest")
         digests.append(digest)
