@@ -14,6 +14,14 @@ use std::thread::{self, JoinHandle};
 use sha2::{Digest, Sha256};
 
 const CHUNK: usize = 4 << 20;
+/// Each chunk goes to the kernel in `write` calls of this size, not in one call. Measured on
+/// Linux 6.18 (ext4 on a virtio disk, 12k x 61 kB samples, `fastwds bench write`, 8 interleaved
+/// fresh-process rounds): 32 KiB writes took 0.48-0.75 s, 64 KiB 0.47-1.97 s, 256 KiB-4 MiB
+/// writes 0.6-2.3 s, with the writing thread busy in the kernel, not waiting for the disk. The
+/// kernel sizes page-cache folios by the write's length; up to 32 KiB they stay at or below
+/// order 3 (PAGE_ALLOC_COSTLY_ORDER), the allocations the kernel keeps cheap. ~30,000 system
+/// calls per GB cost far less than the sha256 of that GB.
+const WRITE_PIECE: usize = 32 << 10;
 /// Chunks waiting for the hasher before the writer waits for it (back-pressure).
 const HASH_QUEUE: usize = 3;
 
@@ -59,7 +67,9 @@ impl HashedFile {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&self.buffer)?;
+        for piece in self.buffer.chunks(WRITE_PIECE) {
+            self.file.write_all(piece)?;
+        }
         if self.write_through {
             start_writeback(&self.file, self.written, self.buffer.len() as u64);
         }
