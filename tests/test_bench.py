@@ -183,3 +183,26 @@ def test_peak_rss_is_the_runs_own(tmp_path, monkeypatch):
     assert result.status == "ok", result.message
     assert 90 <= summary["timed_rss_mib"] < 150  # 100 MiB, less memory freed during setup
     assert summary["peak_rss_mib"] < 400
+
+
+@pytest.mark.parametrize("size", [0, 1, harness.FLOOR_WRITE_PIECE - 1, harness.FLOOR_WRITE_PIECE,
+                                  3 * harness.FLOOR_WRITE_PIECE + 5])
+def test_floors_write_every_byte_in_pieces(size: int) -> None:
+    """The floors' piecewise writes put exactly the given bytes out, from bytes and from a
+    pyarrow buffer (what the parquet floor writes), in writes no larger than the piece size."""
+    import pyarrow as pa
+
+    data = os.urandom(size)
+    for source in (data, pa.py_buffer(data)):
+        sizes: list[int] = []
+
+        class Recording(io.BytesIO):
+            def write(self, chunk) -> int:  # type: ignore[override]
+                sizes.append(len(chunk))
+                return super().write(chunk)
+
+        out = Recording()
+        harness.write_in_pieces(out, source)
+        assert out.getvalue() == data
+        assert all(0 < n <= harness.FLOOR_WRITE_PIECE for n in sizes)
+        assert len(sizes) == -(-size // harness.FLOOR_WRITE_PIECE)

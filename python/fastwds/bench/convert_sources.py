@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fastwds.bench.harness import Clock, make_durable, manifest_shard_digests
+from fastwds.bench.harness import Clock, make_durable, manifest_shard_digests, write_in_pieces
 from fastwds.convert.cli import parse_size
 from fastwds.convert.npz_cli import DEFAULT_MAX_SHARD_SIZE as NPZ_MAX_SHARD_SIZE
 from fastwds.convert.npz_cli import DEFAULT_SAMPLES_PER_SHARD as NPZ_SAMPLES_PER_SHARD
@@ -160,11 +160,11 @@ def sft_floor(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, An
     with clock:
         with open(out_dir / "bytes.bin", "wb") as out:
             with open(args["input"], "rb") as f:
-                out.write(f.read(json_bytes))
+                write_in_pieces(out, f.read(json_bytes))
             for path in paths:
                 data = read_media(path)
                 if data is not None:
-                    out.write(data)
+                    write_in_pieces(out, data)
         make_durable(out_dir)
     return {"samples": len(samples), "bytes": args["payload_bytes"], "outputs": None}
 
@@ -203,6 +203,6 @@ def npz_floor(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, An
         with open(out_dir / "volumes.bin", "wb") as out:
             for relative in volumes:
                 with open(Path(args["input"], relative), "rb") as f:
-                    out.write(f.read())
+                    write_in_pieces(out, f.read())
         make_durable(out_dir)
     return {"samples": len(volumes), "bytes": args["payload_bytes"], "outputs": None}

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 import fastwds
-from fastwds.bench.harness import Clock, Runner, Suite, make_durable, positive, run_suite, sha256_files
+from fastwds.bench.harness import (Clock, Runner, Suite, make_durable, positive, run_suite, sha256_files,
+                                   write_in_pieces)
 
 HELP = "write the same in-memory samples with fastwds, webdataset.ShardWriter and raw write()"
 MAXCOUNT = 10_000
@@ -106,7 +107,7 @@ def raw_write(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, An
     with clock:
         with open(out_dir / "payload.bin", "wb") as f:
             for payload in payloads:
-                f.write(payload)
+                write_in_pieces(f, payload)
         make_durable(out_dir)
     return {"samples": len(samples), "bytes": _payload_bytes(samples), "outputs": None}
 
