@@ -4,10 +4,15 @@
 //! renamed to its final name, so a file with the final name is always a complete archive. Its
 //! sidecar indexes are renamed into place before the shard itself: a finished shard never lacks
 //! the indexes that were asked for.
+//!
+//! When a shard fills up, its fsync and rename run on a thread of their own while the next shard
+//! is written (one at a time), so the writer does not stop for the disk between shards; errors
+//! from that thread surface at the next write, `finish_shard` or `close`.
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::thread::{self, JoinHandle};
 
 use crate::error::{Error, Result};
 use crate::hashed_file::HashedFile;
@@ -171,6 +176,8 @@ pub struct ShardSink {
     next_index: u64,
     open: Option<OpenShard>,
     finished: Vec<ShardRecord>,
+    /// The full shard being fsynced and renamed in the background, if any.
+    finishing: Option<JoinHandle<Result<ShardRecord>>>,
     /// key -> the id it came from, when they differ (to name both ids in a collision report).
     seen_keys: HashMap<String, Option<String>>,
     closed: bool,
@@ -201,6 +208,46 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8], fsync: bool) -> Result<(
     fs::rename(&partial, path).map_err(|e| Error::io(path, e))
 }
 
+/// Write the end-of-archive blocks and collect the shard's hash: every byte is written.
+fn seal(mut open: OpenShard) -> Result<(File, ShardRecord)> {
+    let io_err = |e| Error::io(&open.partial_path, e);
+    open.out.write_all(&END_OF_ARCHIVE).map_err(io_err)?;
+    let (file, sha256) = open.out.finish().map_err(io_err)?;
+    let record = ShardRecord {
+        index: open.index,
+        path: open.final_path,
+        data_end: open.position,
+        size: open.position + END_OF_ARCHIVE.len() as u64,
+        sha256,
+        samples: open.samples,
+        oversized: open.oversized,
+    };
+    Ok((file, record))
+}
+
+/// Make a sealed shard durable and give it its final name: fsync, sidecar indexes, rename,
+/// fsync of the directory. Needs nothing but its arguments, so it can run on another thread.
+fn finalize(file: File, record: ShardRecord, partial: &Path, options: &Options) -> Result<ShardRecord> {
+    if options.fsync {
+        file.sync_all().map_err(|e| Error::io(partial, e))?;
+    }
+    drop(file);
+    if options.energon_index {
+        write_file_atomically(&index::energon_index_path(&record.path), &index::energon_tar_idx(&record), options.fsync)?;
+    }
+    if options.dali_index {
+        write_file_atomically(&index::dali_index_path(&record.path), index::dali_idx(&record).as_bytes(), options.fsync)?;
+    }
+    if !options.overwrite && record.path.exists() {
+        return Err(Error::ShardExists { path: record.path });
+    }
+    fs::rename(partial, &record.path).map_err(|e| Error::io(&record.path, e))?;
+    if options.fsync {
+        sync_parent_dir(&record.path)?;
+    }
+    Ok(record)
+}
+
 impl ShardSink {
     pub fn new(pattern: &str, options: Options) -> Result<Self> {
         let pattern = ShardPattern::parse(pattern)?;
@@ -213,6 +260,7 @@ impl ShardSink {
             options,
             open: None,
             finished: Vec::new(),
+            finishing: None,
             seen_keys: HashMap::new(),
             closed: false,
         })
@@ -232,6 +280,9 @@ impl ShardSink {
     pub fn write_sample(&mut self, id: &str, members: &[Member]) -> Result<String> {
         if self.closed {
             return Err(Error::Closed);
+        }
+        if self.finishing.as_ref().is_some_and(|f| f.is_finished()) {
+            self.collect_finishing()?;
         }
         // Everything about the sample is checked before any byte of it is written.
         if members.is_empty() {
@@ -265,7 +316,7 @@ impl ShardSink {
         let end_blocks = END_OF_ARCHIVE.len() as u64;
         if let Some(open) = &self.open {
             if open.position + span + end_blocks > self.options.maxsize {
-                self.finish_shard()?;
+                self.rotate()?;
             }
         }
         if self.open.is_none() {
@@ -278,10 +329,10 @@ impl ShardSink {
             return Err(e);
         }
         self.seen_keys.insert(key.clone(), (key != id).then(|| id.to_string()));
-        // A full shard is finished at once rather than when the next sample comes: a crash
-        // or a pause between samples must not hold back a shard that is already complete.
+        // A full shard starts finishing at once rather than when the next sample comes: a
+        // pause between samples must not hold back a shard that is already complete.
         if self.open_samples() as u64 >= self.options.maxcount {
-            self.finish_shard()?;
+            self.rotate()?;
         }
         Ok(key)
     }
@@ -328,50 +379,75 @@ impl ShardSink {
         Ok(())
     }
 
-    /// Complete the open shard (if any): end blocks, flush, fsync, sidecars, rename.
+    /// Complete the open shard (if any): end blocks, flush, fsync, sidecars, rename. Returns
+    /// when it is done, and any shard finishing in the background with it.
     pub fn finish_shard(&mut self) -> Result<()> {
+        self.collect_finishing()?;
         let Some(open) = self.open.take() else { return Ok(()) };
         let partial = open.partial_path.clone();
-        let result = self.complete(open);
-        if result.is_err() {
-            let _ = fs::remove_file(&partial);
-            self.closed = true;
+        let result = seal(open).and_then(|(file, record)| finalize(file, record, &partial, &self.options));
+        match result {
+            Ok(record) => {
+                self.finished.push(record);
+                Ok(())
+            }
+            Err(e) => Err(self.give_up(&partial, e)),
         }
-        result
     }
 
-    fn complete(&mut self, mut open: OpenShard) -> Result<()> {
-        let io_err = |e| Error::io(&open.partial_path, e);
-        open.out.write_all(&END_OF_ARCHIVE).map_err(io_err)?;
-        let (file, sha256) = open.out.finish().map_err(io_err)?;
-        if self.options.fsync {
-            file.sync_all().map_err(|e| Error::io(&open.partial_path, e))?;
+    /// After a shard failed to finish: its `.partial` file goes and the sink takes no more writes.
+    fn give_up(&mut self, partial: &Path, error: Error) -> Error {
+        let _ = fs::remove_file(partial);
+        self.closed = true;
+        error
+    }
+
+    /// Finish a full shard: its last bytes are written here, its fsync and rename happen on a
+    /// background thread while the next shard is written. Without fsync there is nothing to wait
+    /// for, so it is finished at once.
+    fn rotate(&mut self) -> Result<()> {
+        if !self.options.fsync {
+            return self.finish_shard();
         }
-        drop(file);
-        let record = ShardRecord {
-            index: open.index,
-            path: open.final_path.clone(),
-            data_end: open.position,
-            size: open.position + END_OF_ARCHIVE.len() as u64,
-            sha256,
-            samples: open.samples,
-            oversized: open.oversized,
-        };
-        if self.options.energon_index {
-            write_file_atomically(&index::energon_index_path(&record.path), &index::energon_tar_idx(&record), self.options.fsync)?;
+        self.collect_finishing()?; // one shard in the background at a time
+        let Some(open) = self.open.take() else { return Ok(()) };
+        let partial = open.partial_path.clone();
+        let (file, record) = seal(open).map_err(|e| self.give_up(&partial, e))?;
+        let options = self.options.clone();
+        let thread_partial = partial.clone();
+        let spawned = thread::Builder::new().name("fastwds-finish".into()).spawn(move || {
+            let result = finalize(file, record, &thread_partial, &options);
+            if result.is_err() {
+                let _ = fs::remove_file(&thread_partial);
+            }
+            result
+        });
+        match spawned {
+            Ok(handle) => {
+                self.finishing = Some(handle);
+                Ok(())
+            }
+            Err(e) => Err(self.give_up(&partial, Error::io(&partial, e))),
         }
-        if self.options.dali_index {
-            write_file_atomically(&index::dali_index_path(&record.path), index::dali_idx(&record).as_bytes(), self.options.fsync)?;
+    }
+
+    /// Wait for the shard finishing in the background, if any, and record it. If it failed, the
+    /// open shard is dropped too and the sink refuses further writes, as after any write error.
+    fn collect_finishing(&mut self) -> Result<()> {
+        let Some(handle) = self.finishing.take() else { return Ok(()) };
+        let result = handle.join().unwrap_or_else(|_| {
+            Err(Error::io(".", std::io::Error::other("the thread finishing a shard panicked")))
+        });
+        match result {
+            Ok(record) => {
+                self.finished.push(record);
+                Ok(())
+            }
+            Err(e) => {
+                self.abort();
+                Err(e)
+            }
         }
-        if !self.options.overwrite && record.path.exists() {
-            return Err(Error::ShardExists { path: record.path });
-        }
-        fs::rename(&open.partial_path, &record.path).map_err(|e| Error::io(&record.path, e))?;
-        if self.options.fsync {
-            sync_parent_dir(&record.path)?;
-        }
-        self.finished.push(record);
-        Ok(())
     }
 
     /// Finish the open shard and refuse further writes. Returns every finished shard.
@@ -391,6 +467,12 @@ impl ShardSink {
             let _ = fs::remove_file(&open.partial_path);
         }
         self.closed = true;
+        // A shard finishing in the background was complete: let it finish and keep it.
+        if let Some(handle) = self.finishing.take() {
+            if let Ok(Ok(record)) = handle.join() {
+                self.finished.push(record);
+            }
+        }
     }
 }
 
@@ -474,6 +556,45 @@ mod tests {
         write_n(&mut sink, 2, 1);
         assert_eq!(sink.close().unwrap().len(), 1);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn shards_finished_in_the_background_match_inline_finishing() {
+        // fsync on: full shards are fsynced and renamed on a background thread. The records,
+        // their order and every byte must be what finishing inline (fsync off) gives.
+        let mut outputs = Vec::new();
+        for fsync in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = Options { maxcount: 3, fsync, energon_index: true, dali_index: true, ..Options::default() };
+            let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), options).unwrap();
+            write_n(&mut sink, 10, 700);
+            let records = sink.close().unwrap();
+            assert_eq!(records.iter().map(|r| r.index).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+            let mut names: Vec<String> = fs::read_dir(dir.path()).unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            assert!(!names.iter().any(|n| n.ends_with(PARTIAL_SUFFIX)), "{names:?}");
+            assert_eq!(names.len(), 12, "4 shards with 2 indexes each: {names:?}");
+            let files: Vec<Vec<u8>> = names.iter().map(|n| fs::read(dir.path().join(n)).unwrap()).collect();
+            for record in &records {
+                assert_eq!(record.sha256, <[u8; 32]>::from(Sha256::digest(fs::read(&record.path).unwrap())));
+            }
+            outputs.push((names, files));
+        }
+        assert_eq!(outputs[0], outputs[1]);
+    }
+
+    #[test]
+    fn abort_keeps_a_shard_finishing_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options { maxcount: 2, fsync: true, ..Options::default() };
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), options).unwrap();
+        write_n(&mut sink, 3, 100); // shard 0 full (finishing in the background), shard 1 open
+        sink.abort();
+        assert_eq!(sink.finished().len(), 1);
+        assert!(dir.path().join("s-000.tar").exists());
+        assert!(!dir.path().join("s-001.tar").exists());
+        assert!(!dir.path().join("s-001.tar.partial").exists());
     }
 
     #[test]

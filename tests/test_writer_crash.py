@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,16 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_child(out: Path, kill_after: int) -> None:
+def run_child(out: Path, kill_after: int, wait_for: list[str]) -> None:
+    """Kill the child once it has handed over sample ``kill_after`` and the shards ``wait_for``
+    exist: a full shard is fsynced and renamed on a background thread, which must finish it
+    while the writer waits for its next sample."""
     with subprocess.Popen([sys.executable, "-c", CHILD, str(out), str(kill_after)],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
         assert child.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 10
+        while not all((out / name).exists() for name in wait_for) and time.monotonic() < deadline:
+            time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait()
     assert child.returncode == -signal.SIGKILL
@@ -41,14 +48,19 @@ def clean_shards(out: Path, n: int) -> dict[str, str]:
     return {r.name: r.sha256 for r in writer.records}
 
 
+@pytest.mark.parametrize("wait", [True, False], ids=["paused", "at-once"])
 @pytest.mark.parametrize("kill_after", [0, 6, 7, 30])
-def test_sigkill_leaves_only_complete_shards(tmp_path, kill_after):
+def test_sigkill_leaves_only_complete_shards(tmp_path, kill_after, wait):
     out = tmp_path / "killed"
     out.mkdir()
-    run_child(out, kill_after)
+    # Samples 0..kill_after were handed to the writer: whole shards of 7 are complete.
+    complete = [f"s-{i:04d}.tar" for i in range((kill_after + 1) // 7)]
+    run_child(out, kill_after, complete if wait else [])
     finished = sorted(p.name for p in out.glob("*.tar"))
-    # Samples 0..kill_after were handed to the writer; whole shards of 7 are finished.
-    assert finished == [f"s-{i:04d}.tar" for i in range((kill_after + 1) // 7)]
+    if wait:
+        assert finished == complete
+    else:  # killed at once: the last complete shard may still have been finishing (.partial)
+        assert finished in (complete, complete[:-1])
     assert all(p.name.endswith(".tar.partial") for p in out.iterdir() if p.name not in finished)
     reference = clean_shards(tmp_path / "clean", 35)
     for name in finished:
