@@ -292,7 +292,7 @@ impl PyShardSink {
         Ok(py.detach(|| sink.finish_shard())?)
     }
 
-    /// Shards finished so far (the open one is not among them).
+    /// Shards finished so far (not the open one, nor one still being fsynced in the background).
     #[getter]
     fn num_finished(&self) -> usize {
         self.sink.finished().len()
