@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from fastwds.bench import harness
+from bench_table import table_row
 
 WRITE_RUNNERS = [
     "fastwds ShardWriter.write",
@@ -20,14 +21,6 @@ WRITE_RUNNERS = [
     "webdataset.ShardWriter.write",
     "raw write() of the payloads",
 ]
-
-
-def table_row(table: str, name: str) -> list[str]:
-    """The cells after the runner's name in its table row (columns are 2+ spaces apart)."""
-    for line in table.splitlines():
-        if line.startswith(name + " ") or line == name:
-            return line[len(name):].split()
-    raise AssertionError(f"no row for {name!r} in:\n{table}")
 
 
 @pytest.mark.slow

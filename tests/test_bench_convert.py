@@ -19,23 +19,14 @@ import pytest
 from fastwds.bench import convert as bench_convert
 from fastwds.bench import harness
 from fastwds.synthetic import generate
+from bench_table import table_row
 from npz_data import make_dataset as make_npz_dataset
 from sft_data import make_image_dataset
-
 
 
 def bench(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fastwds", "bench", "convert", *arguments],
                           capture_output=True, text=True, check=False, cwd=cwd)
-
-
-def table_row(table: str, name: str) -> list[str]:
-    """The cells after the runner's name in its table row."""
-    for line in table.splitlines():
-        if line.startswith(name + "  ") or line.startswith(name + " ["):
-            cells = line[len(name):].split()
-            return cells[1:] if cells[0] in ("[floor]", "[peer]") else cells
-    raise AssertionError(f"no row for {name!r} in:\n{table}")
 
 
 def first_rows(root: Path, count: int) -> tuple[list[str], int]:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from bench_table import table_row
 from fastwds.bench.read import parse_shape, parse_workers
 
 RUNNERS = [
@@ -22,13 +23,6 @@ RUNNERS = [
     "webdataset.WebDataset raw",
     "webdataset.WebDataset decoded",
 ]
-
-
-def table_row(table: str, name: str) -> list[str]:
-    for line in table.splitlines():
-        if line.startswith(name + " "):
-            return line[len(name):].split()
-    raise AssertionError(f"no row for {name!r} in:\n{table}")
 
 
 @pytest.mark.slow
