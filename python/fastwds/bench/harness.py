@@ -147,9 +147,10 @@ def manifest_shard_digests(manifest: dict[str, Any], out_dir: Path) -> list[str]
     return digests
 
 
-# The floors write their bytes in pieces of this size, as fastwds' writer does (rust/hashed_file.rs):
-# on Linux 6.18 one write() of a multi-megabyte buffer measured 2-4x more kernel time than the
-# same bytes in 32 KiB writes, and a floor must be the fastest plain way to put the bytes on disk.
+# Floors that write large buffers (column buffers, media files, volumes) write them in pieces of
+# this size, as fastwds' writer does (rust/hashed_file.rs): on Linux 6.18 one write() of a
+# multi-megabyte buffer measured 2-4x more kernel time than the same bytes in 32 KiB writes, and a
+# floor must be the fastest plain way to put the bytes on disk.
 FLOOR_WRITE_PIECE = 32 << 10
 
 

@@ -105,7 +105,7 @@ def raw_write(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, An
     payloads = [sample[ext] for sample in samples for ext in EXTENSIONS]
     with clock:
         with open(out_dir / "payload.bin", "wb") as f:
-            for payload in payloads:  # ~61 kB each: small enough for the kernel's cheap path
+            for payload in payloads:  # ~61 kB each: measured faster written whole than in pieces
                 f.write(payload)
         make_durable(out_dir)
     return {"samples": len(samples), "bytes": _payload_bytes(samples), "outputs": None}

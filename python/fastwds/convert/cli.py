@@ -31,9 +31,9 @@ def default_workers() -> int:
     """One worker process per two cores: one task's pipeline already keeps about two cores busy
     (the reading thread, validation, the writer and its sha256 thread; in full verification two
     decoding threads). Measured on 2 cores (12k LLaVA rows, `fastwds bench convert`): one process
-    did 1.56x the rows/s of two on the disk (2.01x against 1.28x the floor) and 1.45x on tmpfs, and
-    finished full verification in 0.87x the time; a second process only adds its start-up (~0.5 s
-    of imports) and contention for the same two cores."""
+    did 1.3-1.6x the rows/s of two on the disk (two runs) and 1.45x on tmpfs, and finished full
+    verification in 0.87x the time; a second process only adds its start-up (~0.5 s of imports)
+    and contention for the same two cores."""
     return max(1, (os.cpu_count() or 1) // 2)
 
 
