@@ -26,7 +26,8 @@ from sft_data import make_image_dataset, make_video_dataset
 from test_convert_sft import run_cli
 
 import fastwds
-from fastwds.energon import ENERGON_VERSION, META_DIR, _split_name, write_energon_meta
+from fastwds.energon import ENERGON_VERSION, META_DIR, write_energon_meta
+from fastwds.tar.names import split_name
 from fastwds.sources.sft import check_names_agree
 
 
@@ -246,4 +247,4 @@ def test_member_names_split_into_key_and_part_as_energon_splits_them(name):
     from megatron.energon.flavors.webdataset.config import split_name_re
 
     match = split_name_re.match(name)
-    assert _split_name(name) == (match.groups() if match else (None, ""))
+    assert split_name(name) == (match.groups() if match else None)

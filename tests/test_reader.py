@@ -29,7 +29,8 @@ import fastwds
 from fastwds.decode import read_npy
 from fastwds.paths import expand_braces
 from fastwds.reader import shuffled, split_shards
-from fastwds.tarstream import ShardFormatError, UnsafeMemberError, iter_members
+from fastwds.tar.format import ShardFormatError, UnsafeMemberError
+from fastwds.tar.stream import iter_members
 
 COUNT = 40
 
@@ -182,7 +183,7 @@ def test_urls_from_manifest_folder_glob_braces_and_wids(tmp_path):
     assert keys(fastwds.WebDataset(out / "index.wids.json")) == expected
     assert keys(fastwds.WebDataset(str(out / "*.tar"))) == expected
     assert keys(fastwds.WebDataset(str(out / "data-{000000..000002}.tar"))) == expected
-    with pytest.raises(fastwds.InvalidInputError, match="no shards match"):
+    with pytest.raises(fastwds.InvalidInputError, match="no file matches this pattern"):
         fastwds.WebDataset(str(out / "nothing-*.tar"))
     with pytest.raises(fastwds.InvalidInputError, match="local files only"):
         fastwds.WebDataset("https://example.org/a.tar")
@@ -318,3 +319,32 @@ def test_raw_members_match_tarfile(tmp_path_factory, members, tar_format):
         expected = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
     with open(path, "rb") as stream:
         assert list(iter_members(stream, str(path))) == expected
+
+
+def test_metadata_members_are_skipped_and_extensions_kept_as_written(tmp_path):
+    """The reader groups members exactly as verify and Energon do: '__x__' members are left out
+    (webdataset and Energon skip them), and extensions keep their case (Energon and HF do not
+    lowercase); decoders are still chosen case-insensitively."""
+    shard = crafted_tar(tmp_path / "s.tar", {"__meta__/info.json": b'{"x": 1}', "a.JSON": b'{"k": 2}', "a.txt": b"t"})
+    samples = list(fastwds.WebDataset(shard))
+    assert [sorted(k for k in s if not k.startswith("__")) for s in samples] == [["JSON", "txt"]]
+    assert samples[0]["JSON"] == {"k": 2}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="ab._/", min_size=1, max_size=8), min_size=1, max_size=8, unique=True))
+def test_reader_and_verify_scanner_group_members_the_same(tmp_path_factory, names):
+    from fastwds.tar.scanner import TarScanner, group_samples
+    from fastwds.tar.format import is_unsafe_path
+
+    names = [n for n in names if not is_unsafe_path(n) and not n.endswith("/")]
+    shard = crafted_tar(tmp_path_factory.mktemp("group") / "s.tar", {n: n.encode() for n in names})
+    with open(shard, "rb") as stream:
+        scanned = [(s.key, s.extensions()) for s in group_samples(iter(TarScanner(stream)))]
+    try:
+        read = [(s["__key__"], [k for k in s if k not in ("__key__", "__url__")])
+            for s in fastwds.WebDataset(shard, decode=False)]
+    except ShardFormatError:  # a repeated extension: verify reports it as duplicate_extension
+        assert any(len({e.lower() for e in exts}) < len(exts) for _, exts in scanned)
+        return
+    assert read == scanned

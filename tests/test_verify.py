@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from fastwds import ShardWriter, write_wids_index
 from fastwds.checks import CODES
 from fastwds.paths import expand_braces
-from fastwds.shards import TarScanner, expand_shards
+from fastwds.tar.scanner import TarScanner
+from fastwds.tar.shards import expand_shards
 from fastwds.synthetic import generate
 from fastwds.verify import verify
 

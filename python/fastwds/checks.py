@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fastwds.shards import TarMember
+from fastwds.tar.scanner import TarMember
 from fastwds.validate import IMAGE_TOKEN
 
 ERROR, WARNING = "error", "warning"

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from fastwds.tarstream import ShardFormatError
+from fastwds.tar.format import ShardFormatError
 
 Decoder = Callable[[bytes], Any]
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "ppm", "pgm", "pbm", "pnm", "webp", "bmp", "tif", "tiff", "gif")
@@ -140,6 +140,7 @@ def decode_value(ext: str, data: Any, decoders: Mapping[str, Decoder | None]) ->
     if not isinstance(data, bytes):  # already decoded while reading (read_npy)
         return data
     inner, _, last = ext.rpartition(".")
+    last = last.lower()  # extensions are kept as written; decoders are chosen case-insensitively
     if last in ("zst", "zstd") and inner.rpartition(".")[2] == "npy" and decoders.get("npy") is load_npy:
         return load_npy_zst(data)
     if last in DECOMPRESSORS and last not in decoders:

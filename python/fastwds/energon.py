@@ -15,7 +15,6 @@ beside each shard is checked against the same headers.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import re
 import shutil
@@ -31,8 +30,7 @@ from fastwds import __version__
 from fastwds.errors import FastwdsError, InvalidInputError
 from fastwds.indexes import write_bytes_atomically, write_text_atomically
 # Energon's member-name rules are webdataset's (megatron/energon/flavors/webdataset/config.py).
-from fastwds.shards import KEY_SPLIT, SKIP_META
-from fastwds.tarstream import parse_number
+from fastwds.tar.scanner import TarScanner, group_samples
 
 ENERGON_VERSION = "7.4.1"
 META_DIR = ".nv-meta"
@@ -40,8 +38,6 @@ INDEX_SQLITE = "index.sqlite"
 # Energon's own sample type has no chat fields; this one lives in fastwds (see energon_types.py).
 DEFAULT_SAMPLE_TYPE = "fastwds.energon_types:ChatSample"
 
-_BLOCK = 512
-_ZERO_BLOCK = bytes(_BLOCK)
 _LOADER_MARK = "# Written by fastwds"
 
 # Column layout and whitespace as Energon's own statements, so even sqlite_master is the same.
@@ -117,58 +113,23 @@ class ShardIndex:
 
 
 def index_shard(root: Path, name: str) -> ShardIndex:
-    """Walk the ustar headers of ``root/name`` (memory-mapped: only header pages are read, data
-    is skipped), grouping members into samples the way Energon does: consecutive members with the
-    same key."""
+    """Read the headers of ``root/name`` (data is skipped, not read) and group members into
+    samples the way Energon does: consecutive members with the same key (``fastwds.tar.names``)."""
     index = ShardIndex(name)
-    starts: list[int] = []
     path = root / name
-    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as tar:
-        size, offset, last_key = len(tar), 0, None
-        while True:
-            if offset + _BLOCK > size:
-                raise FastwdsError(f"{path}: the tar archive has no end-of-archive blocks (incomplete shard)")
-            header = tar[offset:offset + _BLOCK]
-            if header == _ZERO_BLOCK:
-                break
-            member, length, kind = _parse_header(header, path, offset)
-            data_offset = offset + _BLOCK
-            if kind in (b"0", b"\0") and not SKIP_META.match(member):
-                key, part = _split_name(member)
-                if key is not None:
-                    if key != last_key:
-                        starts.append(offset)
-                        index.samples.append((key, offset, 0))
-                        last_key = key
-                    index.parts.append((len(index.samples) - 1, part, data_offset, length))
-            offset = data_offset + -(-length // _BLOCK) * _BLOCK
-    index.end = offset
-    bounds = starts[1:] + [offset]
+    with open(path, "rb") as file:
+        scanner = TarScanner(file, want_data=False)
+        for sample in group_samples(iter(scanner)):
+            index.samples.append((sample.key, sample.offset, 0))
+            index.parts += [(len(index.samples) - 1, ext, member.data_offset, member.size)
+                            for ext, member in sample.members]
+    if scanner.defects:
+        defect = scanner.defects[0]
+        raise FastwdsError(f"{path}: {defect.code} at byte {defect.offset}: {defect.detail}")
+    index.end = scanner.end_of_data
+    bounds = [offset for _, offset, _ in index.samples[1:]] + [index.end]
     index.samples = [(key, start, stop - start) for (key, start, _), stop in zip(index.samples, bounds)]
     return index
-
-
-def _split_name(member: str) -> tuple[str | None, str]:
-    """Energon's key/extension split; plain string operations for the usual names without '/'."""
-    if "/" not in member:
-        key, dot, part = member.partition(".")
-        return (key, part) if dot and key else (None, "")
-    match = KEY_SPLIT.match(member)
-    return match.groups() if match else (None, "")
-
-
-def _parse_header(header: bytes, path: Path, offset: int) -> tuple[str, int, bytes]:
-    if header[257:262] != b"ustar":
-        raise FastwdsError(f"{path}: no ustar header at byte {offset}; fastwds wrote this shard, so it is damaged")
-    kind = header[156:157]
-    if kind in (b"x", b"g", b"L", b"K"):  # fastwds never writes PAX or GNU long names
-        raise FastwdsError(f"{path}: extended header at byte {offset}: not a shard fastwds wrote")
-    name = header[:100].split(b"\0", 1)[0]
-    prefix = header[345:500].split(b"\0", 1)[0]
-    if prefix:
-        name = prefix + b"/" + name
-    length = parse_number(header[124:136])
-    return name.decode("utf-8"), length, kind
 
 
 def parse_split_ratio(text: str) -> tuple[float, float, float]:

@@ -28,7 +28,9 @@ from fastwds.checks import (
 )
 from fastwds.errors import InvalidInputError
 from fastwds.media import ImageInfo, inspect_images
-from fastwds.shards import SHARD_SUFFIXES, Sample, TarScanner, expand_shards, iter_samples, open_shard, split_name
+from fastwds.tar.names import split_name
+from fastwds.tar.scanner import Sample, TarScanner, group_samples
+from fastwds.tar.shards import SHARD_SUFFIXES, expand_shards, open_shard
 
 DESCRIPTION = ("Show the samples of a shard, a folder of shards or a brace pattern (from any producer): members "
                "and sizes, image format and size, the JSON, and MISMATCH when the JSON's name/images list or "
@@ -179,7 +181,7 @@ def inspect(spec: str, key: str | None = None, limit: int | None = None, full_js
         header = f"shard {shard_set.relative(path)} ({path.stat().st_size:,} bytes)\n"
         with open_shard(path) as (stream, compressed):
             scanner = TarScanner(stream, want_data=wanted, seekable=not compressed)
-            for sample in iter_samples(iter(scanner)):
+            for sample in group_samples(iter(scanner)):
                 if key is not None and sample.key != key:
                     continue
                 out.write(header)

@@ -23,8 +23,6 @@ of this module, at construction, and in ``make_loader``).
 
 from __future__ import annotations
 
-import glob
-import gzip
 import json
 import os
 import random
@@ -35,10 +33,10 @@ from typing import Any
 
 from fastwds.decode import Decoder, decode_sample, decoders_for, load_npy, read_npy
 from fastwds.errors import InvalidInputError
-from fastwds.paths import expand_braces
-from fastwds.tarstream import iter_members, iter_samples
+from fastwds.paths import matching_files
+from fastwds.tar.shards import open_shard
+from fastwds.tar.stream import iter_members, iter_samples
 
-READ_BUFFER = 1 << 20
 Urls = str | os.PathLike | Sequence[str | os.PathLike]
 
 
@@ -74,14 +72,7 @@ def expand_urls(urls: Urls) -> list[str]:
         elif text.endswith(".json"):
             shards += shards_from_index(path)
         else:
-            for pattern in expand_braces(text):
-                if glob.has_magic(pattern):
-                    matched = sorted(glob.glob(pattern))
-                    if not matched:
-                        raise InvalidInputError(f"{pattern}: no shards match")
-                    shards += matched
-                else:
-                    shards.append(pattern)
+            shards += [str(p) for p in matching_files(text, missing="shard not found")]
     if not shards:
         raise InvalidInputError("no shards given")
     return shards
@@ -134,12 +125,6 @@ def _payload_bytes(sample: dict) -> int:
                if not name.startswith("__"))
 
 
-def _open_shard(path: str) -> Any:
-    if path.endswith((".gz", ".tgz")):
-        return gzip.open(path, "rb")
-    return open(path, "rb", buffering=READ_BUFFER)
-
-
 class WebDataset:
     """Iterate the samples of WebDataset shards: ``{"__key__", "__url__", ext: value}``.
 
@@ -189,7 +174,7 @@ class WebDataset:
 
     def raw_samples(self, shards: Iterable[str], read_value: Any = None) -> Iterator[dict]:
         for shard in shards:
-            with _open_shard(shard) as stream:
+            with open_shard(shard) as (stream, _compressed):
                 yield from iter_samples(iter_members(stream, shard, read_value), shard)
 
     def __iter__(self) -> Iterator[dict]:

@@ -45,7 +45,9 @@ from fastwds.checks import (
 from fastwds.decode import DECODERS, decode_value
 from fastwds.manifest import MANIFEST_NAME
 from fastwds.media import ImageInfo, decode_problem, inspect_images
-from fastwds.shards import TarMember, TarScanner, expand_shards, iter_samples, open_shard, split_name
+from fastwds.tar.names import split_name
+from fastwds.tar.scanner import TarMember, TarScanner, group_samples
+from fastwds.tar.shards import expand_shards, open_shard
 from fastwds.sidecars import ScannedSample, ShardScan, Sidecars
 from fastwds.volume import VolumeReadError, compare_float16, open_npz_volume, rounding_bound
 
@@ -408,7 +410,7 @@ class DatasetVerifier:
                     hashers = {}  # the scanner sees decompressed bytes: file hashes would be wrong
                 scanner = TarScanner(stream, want_data=wants_data if self.precision is None else wants_volume_data, hashers=list(hashers.values()),
                                      seekable=not compressed)
-                for sample in iter_samples(iter(scanner), on_skip=skipped):
+                for sample in group_samples(iter(scanner), on_skip=skipped):
                     self.check_sample(sample, number, name, images)
                     scan.samples.append(ScannedSample(sample.key, sample.offset, [
                         (ext, m.data_offset, m.size, m.name) for ext, m in sample.members]))

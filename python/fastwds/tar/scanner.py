@@ -7,38 +7,20 @@ a bad checksum, a member cut short, missing end-of-archive blocks or data after 
 ``TarDefect`` records instead of exceptions, so ``verify`` can report them and ``inspect`` can
 still show what precedes them.
 
-``iter_samples`` groups members into samples exactly as webdataset, wids and Energon do
-(consecutive members with the same key), and ``expand_shards`` turns a shard, a folder or a brace
-pattern into shard paths.
+``group_samples`` groups members into samples exactly as webdataset, wids and Energon do
+(consecutive members with the same key, by ``fastwds.tar.names``).
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
-from fastwds.errors import InvalidInputError
-from fastwds.paths import matching_files
-from fastwds.tarstream import checksum_ok, parse_number, parse_pax
-
-BLOCK = 512
-
-# The split every reader uses (COMPAT.md): key = everything up to the first dot of the basename.
-KEY_SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-# webdataset and Energon skip these names entirely (``__key__``-style metadata members).
-SKIP_META = re.compile(r"__[^/]*__($|/)")
-
-# Types that carry no data blocks whatever their size field says (tarfile does the same).
-NO_DATA_TYPES = frozenset("123456")
-REGULAR_TYPES = frozenset(("0", "\0", "7"))
-
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+from fastwds.tar.format import (BLOCK, NO_DATA_TYPES, REGULAR_TYPES, checksum_ok, decode_name, padded, parse_number,
+                                parse_pax, ustar_prefix)
+from fastwds.tar.names import is_metadata, split_name
 
 
 @dataclass(frozen=True)
@@ -68,14 +50,6 @@ class TarDefect:
     code: str  # tar_bad_checksum, tar_bad_header, tar_truncated, tar_missing_end, tar_data_after_end
     offset: int
     detail: str
-
-
-def padded(size: int) -> int:
-    return -(-size // BLOCK) * BLOCK
-
-
-def decode_name(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 class TarScanner:
@@ -210,7 +184,7 @@ class TarScanner:
             ustar_name = decode_name(block[:100])
             name = ustar_name
             extensions = list(pending_extensions)
-            prefix = decode_name(block[345:500]) if block[257:263] == b"ustar\0" else ""
+            prefix = ustar_prefix(block)
             if prefix:
                 name = f"{prefix}/{ustar_name}"
                 extensions.append("ustar_prefix")
@@ -274,19 +248,6 @@ class TarScanner:
         self.size = self._file_size() if self.seekable else self.position
 
 
-@contextmanager
-def open_shard(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, bool]]:
-    """The shard's byte stream (gunzipped when it is gzip) and whether it is compressed."""
-    with open(path, "rb", buffering=1 << 20) as raw:
-        magic = raw.read(2)
-        raw.seek(0)
-        if magic == b"\x1f\x8b":
-            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                yield unzipped, True  # type: ignore[misc]  # GzipFile is a binary stream
-        else:
-            yield raw, False
-
-
 @dataclass
 class Sample:
     key: str
@@ -301,35 +262,30 @@ class Sample:
         return [ext for ext, _ in self.members]
 
 
-def split_name(name: str) -> tuple[str, str] | None:
-    match = KEY_SPLIT.match(name)
-    return (match.group(1), match.group(2)) if match else None
-
-
 def skip_reason(member: TarMember) -> str | None:
     """Why readers leave this member out of every sample, or None when they use it."""
     if not member.is_regular:
         return f"it is not a regular file (type {member.typeflag!r})"
-    if SKIP_META.match(member.name):
+    if is_metadata(member.name):
         return "webdataset and Energon skip '__name__' metadata members"
-    if KEY_SPLIT.match(member.name) is None:
+    if split_name(member.name) is None:
         return "its name does not split into key.extension"
     return None
 
 
-def iter_samples(members: Iterator[TarMember],
+def group_samples(members: Iterator[TarMember],
                  on_skip: Callable[[TarMember, str], None] | None = None) -> Iterator[Sample]:
     """Group members into samples as webdataset does: consecutive members with the same key.
     A key that comes back later starts a new sample (readers do the same; ``verify`` flags it)."""
     current: Sample | None = None
     index = 0
     for member in members:
-        match = KEY_SPLIT.match(member.name) if member.is_regular and not SKIP_META.match(member.name) else None
-        if match is None:
+        split = split_name(member.name) if member.is_regular and not is_metadata(member.name) else None
+        if split is None:
             if on_skip is not None:
                 on_skip(member, skip_reason(member) or "")
             continue
-        key, ext = match.group(1), match.group(2)
+        key, ext = split
         if current is not None and current.key == key:
             current.members.append((ext, member))
             continue
@@ -339,41 +295,3 @@ def iter_samples(members: Iterator[TarMember],
         current = Sample(key, index, [(ext, member)])
     if current is not None:
         yield current
-
-
-# -- paths ---------------------------------------------------------------------------------------
-
-def is_shard_name(name: str) -> bool:
-    return name.endswith(SHARD_SUFFIXES) and not name.startswith(".")
-
-
-@dataclass
-class ShardSet:
-    paths: list[Path]
-    root: Path  # where dataset files (manifest.json, index.wids.json, .nv-meta) are looked for
-    whole_folder: bool  # every shard under root was selected (so unlisted/missing shards matter)
-
-    def relative(self, path: Path) -> str:
-        return os.path.relpath(path, self.root).replace(os.sep, "/")
-
-
-def expand_shards(spec: str | os.PathLike) -> ShardSet:
-    """A shard file, a folder (every ``.tar`` below it, hidden folders excluded), or a pattern with
-    braces and/or glob characters. Raises InvalidInputError when nothing is found."""
-    spec = os.fspath(spec)
-    if os.path.isdir(spec):
-        root = Path(spec)
-        found: list[Path] = []
-        for directory, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(Path(directory) / f for f in filenames if is_shard_name(f))
-        if not found:
-            raise InvalidInputError(f"{spec}: no shards (.tar files) in this folder or below it")
-        return ShardSet(sorted(found, key=lambda p: os.path.relpath(p, root).split(os.sep)), root, True)
-    if os.path.isfile(spec):
-        return ShardSet([Path(spec)], Path(spec).parent, False)
-    paths = matching_files(spec, missing="shard not found")
-    parents = {p.parent.resolve() for p in paths}
-    root = Path(os.path.commonpath([str(p) for p in parents])) if parents else Path(".")
-    return ShardSet(paths, root, False)
-
