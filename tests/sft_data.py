@@ -10,9 +10,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
-
 from conftest import jpeg_bytes, png_bytes
+from PIL import Image
 
 
 def webp_bytes(width: int = 20, height: int = 10) -> bytes:

@@ -11,9 +11,8 @@ import sys
 import textwrap
 
 import pytest
-
-from fastwds.bench import harness
 from bench_table import table_row
+from fastwds.bench import harness
 
 WRITE_RUNNERS = [
     "fastwds ShardWriter.write",

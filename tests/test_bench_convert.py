@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
+from bench_table import table_row
 from fastwds.bench import convert as bench_convert
 from fastwds.bench import harness
 from fastwds.synthetic import generate
-from bench_table import table_row
 from npz_data import make_dataset as make_npz_dataset
 from sft_data import make_image_dataset
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from bench_table import table_row
 from fastwds.bench.read import parse_shape, parse_workers
 

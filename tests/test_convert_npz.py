@@ -12,16 +12,14 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import fastwds
 import numpy as np
 import pytest
 import torch
 import zstandard
-from torch.utils.data import DataLoader
-
 from conftest import read_members, read_webdataset, run_cli
 from npz_data import GOOD, LABELS, SHAPE, make_dataset, write_csv
-
-import fastwds
+from torch.utils.data import DataLoader
 
 FLOAT16_HALF_ULP_AT_1 = 2.0 ** -12  # the largest rounding error for values in [-1, 1]
 

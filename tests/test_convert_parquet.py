@@ -8,14 +8,12 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from PIL import Image
-
-from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
-from parquet_data import rgb_image, rows, turns, write_rows
-
 import fastwds
-from fastwds.validate import REASONS
+import pytest
+from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
+from fastwds.reasons import REJECT_REASONS as REASONS
+from parquet_data import rgb_image, rows, turns, write_rows
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,7 @@ def test_every_reason_is_named_and_every_valid_row_arrives_once(handmade, tmp_pa
     summary = json.loads(result.stdout)
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert Counter(r["reason"] for r in rejects) == Counter(r[4] for r in rows() if r[4])
-    assert {r["reason"] for r in rejects} <= REASONS.keys(), "every reason is documented in validate.REASONS"
+    assert {r["reason"] for r in rejects} <= REASONS.keys(), "every reason is registered in fastwds.reasons"
     for reject in rejects:
         assert reject["action"] == "skipped" and reject["file"].endswith(".parquet")
         assert {"subset", "row", "id", "detail"} <= reject.keys()

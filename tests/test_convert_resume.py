@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fastwds.synthetic import generate
 
 ARGS = ["--max-samples-per-shard", "40", "--num-workers", "2", "--no-progress"]

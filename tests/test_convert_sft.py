@@ -11,17 +11,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
-from sft_data import chat, make_image_dataset, make_video_dataset, video_bytes
-
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.run import convert
-from fastwds.sources.sft import SftOptions, check_names_agree, plan_sft, read_slice
-from fastwds.validate import REASONS
+from fastwds.reasons import REJECT_REASONS as REASONS
+from fastwds.sources.sft import SftOptions, check_names_agree, plan_sft
+from fastwds.sources.sft.rows import read_slice
 from fastwds.video import VideoInfo, inspect_video
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sft_data import chat, make_image_dataset, make_video_dataset, video_bytes
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def samples_by_id(output: Path) -> dict[str, dict]:
 def test_every_reason_is_named_and_every_valid_row_arrives_with_its_media(images, converted):
     rejects = [json.loads(line) for line in (converted / "rejects.jsonl").read_text().splitlines()]
     assert Counter(r["reason"] for r in rejects) == Counter(e.reason for e in images.expected if e.reason)
-    assert {r["reason"] for r in rejects} <= REASONS.keys(), "every reason is documented in validate.REASONS"
+    assert {r["reason"] for r in rejects} <= REASONS.keys(), "every reason is registered in fastwds.reasons"
     assert {r["id"]: r["reason"] for r in rejects} == {e.id: e.reason for e in images.expected if e.reason}
     details = {r["id"]: r["detail"] for r in rejects}
     assert str(images.root / "images" / "nope.jpg") in details["missing"]

@@ -14,22 +14,19 @@ import warnings
 from pathlib import Path
 
 import braceexpand
+import fastwds
 import megatron.energon  # a test dependency (the `test` extra): these tests never skip
 import pytest
 import yaml
+from conftest import jpeg_bytes
+from fastwds.energon import ENERGON_VERSION, META_DIR, write_energon_meta
+from fastwds.sources.sft import check_names_agree
+from fastwds.tar.names import split_name
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
-
-from conftest import jpeg_bytes
 from sft_data import make_image_dataset, make_video_dataset
 from test_convert_sft import run_cli
-
-import fastwds
-from fastwds.energon import ENERGON_VERSION, META_DIR, write_energon_meta
-from fastwds.tar.names import split_name
-from fastwds.sources.sft import check_names_agree
-
 
 
 def test_the_pinned_energon_is_the_one_installed():

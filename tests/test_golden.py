@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from conftest import jpeg_bytes, png_bytes, read_members
 from defects import chat_json, chat_sample, tar_bytes, write_tar
-
 from fastwds import ShardWriter
 from fastwds.inspect import safe_target
 from fastwds.synthetic import generate

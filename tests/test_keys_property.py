@@ -6,11 +6,10 @@ import re
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 import fastwds
 from conftest import read_members
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # The key/extension split of webdataset, Energon and HF datasets (COMPAT.md).
 READER_SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")

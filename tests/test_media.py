@@ -6,10 +6,9 @@ from __future__ import annotations
 import io
 import random
 
-from PIL import Image
-
 from conftest import jpeg_bytes, png_bytes
 from fastwds.media import decode_problem
+from PIL import Image
 
 
 def full_size_decode_fails(data: bytes) -> bool:

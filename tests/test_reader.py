@@ -14,23 +14,21 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import fastwds
 import numpy as np
 import pytest
 import torch
 import zstandard
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset
-
 from conftest import jpeg_bytes, png_bytes
-
-import fastwds
 from fastwds.decode import read_npy
 from fastwds.paths import expand_braces
 from fastwds.reader import shuffled, split_shards
 from fastwds.tar.format import ShardFormatError, UnsafeMemberError
 from fastwds.tar.stream import iter_members
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
 
 COUNT = 40
 
@@ -334,8 +332,8 @@ def test_metadata_members_are_skipped_and_extensions_kept_as_written(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(alphabet="ab._/", min_size=1, max_size=8), min_size=1, max_size=8, unique=True))
 def test_reader_and_verify_scanner_group_members_the_same(tmp_path_factory, names):
-    from fastwds.tar.scanner import TarScanner, group_samples
     from fastwds.tar.format import is_unsafe_path
+    from fastwds.tar.scanner import TarScanner, group_samples
 
     names = [n for n in names if not is_unsafe_path(n) and not n.endswith("/")]
     shard = crafted_tar(tmp_path_factory.mktemp("group") / "s.tar", {n: n.encode() for n in names})

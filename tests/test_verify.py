@@ -25,16 +25,15 @@ from defects import (
     tar_bytes,
     write_tar,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from fastwds import ShardWriter, write_wids_index
-from fastwds.checks import CODES
 from fastwds.paths import expand_braces
+from fastwds.reasons import VERIFY_CODES as CODES
+from fastwds.synthetic import generate
 from fastwds.tar.scanner import TarScanner
 from fastwds.tar.shards import expand_shards
-from fastwds.synthetic import generate
 from fastwds.verify import verify
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 JPEG = jpeg_bytes()
 

@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
-
 from conftest import run_cli
-from npz_data import GOOD, SHAPE, make_dataset
-
 from fastwds.volume import compare_float16
+from npz_data import GOOD, SHAPE, make_dataset
 
 
 def convert(tmp_path: Path, *extra: str, defects: bool = False):

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from fastwds import volume as volume_module
 from fastwds.volume import VolumeReadError, npy_member, npz_to_float16
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import errno
 
+import fastwds
 import numpy as np
 import pytest
-
-import fastwds
 
 
 def test_io_error_has_errno_and_path(tmp_path):

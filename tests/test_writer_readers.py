@@ -9,11 +9,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import fastwds
 import numpy as np
 import pyarrow as pa
 import pytest
-
-import fastwds
 from conftest import read_members, read_webdataset
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import fastwds
+import pytest
 from conftest import read_members
 
 

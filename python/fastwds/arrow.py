@@ -12,7 +12,7 @@ EMPTY = pa.py_buffer(b"")
 
 
 def binary_column(array: pa.Array) -> BinaryColumn:
-    """A binary/large binary array (or a struct array's ``bytes`` field, see ``image_bytes``)."""
+    """A binary/large binary array (or a struct array's ``bytes`` field, see ``encoded_images``)."""
     if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
         raise TypeError(f"expected a binary array, got {array.type}")
     validity, offsets, data = array.buffers()[:3]
@@ -20,7 +20,7 @@ def binary_column(array: pa.Array) -> BinaryColumn:
                         array.offset, len(array), pa.types.is_large_binary(array.type))
 
 
-def image_bytes(array: pa.Array) -> pa.Array:
+def encoded_images(array: pa.Array) -> pa.Array:
     """The encoded bytes of an image column: ``{bytes, path}`` structs (HF datasets' Image
     feature) or plain binary. A null struct gives a null value."""
     if pa.types.is_struct(array.type):

@@ -13,9 +13,9 @@ from fastwds.errors import FastwdsError
 
 def build_parser() -> argparse.ArgumentParser:
     from fastwds import inspect as inspect_cli
-    from fastwds import verify as verify_cli
     from fastwds.bench import cli as bench_cli
     from fastwds.convert import cli as convert_cli
+    from fastwds.verify import cli as verify_cli
 
     parser = argparse.ArgumentParser(
         prog="fastwds",

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastwds import __version__
+from fastwds.durable import write_bytes_atomically
 from fastwds.errors import FastwdsError, InvalidInputError
-from fastwds.indexes import write_bytes_atomically, write_text_atomically
+
 # Energon's member-name rules are webdataset's (megatron/energon/flavors/webdataset/config.py).
 from fastwds.tar.scanner import TarScanner, group_samples
 
@@ -228,21 +229,34 @@ def dataset_uuid(shards: Iterable[dict]) -> str:
 
 
 def write_energon_meta(output_dir: Path, shards: Sequence[dict], *, split_ratio: Sequence[float],
-                       sample_type: str, excluded_keys: set[str] = frozenset()) -> dict:
-    """Write every ``.tar.idx`` (or check the writer's) and ``.nv-meta/``. ``shards`` are manifest
-    shard entries (name, samples, sha256); ``excluded_keys`` are sample keys Energon must skip
-    (invalid samples kept for inspection). Returns a summary for the manifest."""
+                       sample_type: str, excluded_keys: set[str] = frozenset(),
+                       target: Path | None = None) -> dict:
+    """Write ``.nv-meta/`` and any missing ``.tar.idx`` (checking the ones the writer left) for the
+    shards in ``output_dir``. ``shards`` are manifest shard entries (name, samples, sha256);
+    ``excluded_keys`` are sample keys Energon must skip (invalid samples kept for inspection).
+    The files go under ``target`` (default: ``output_dir``; a staging folder when the caller
+    publishes them itself). Returns a summary for the manifest, with ``files``: the paths written,
+    relative to ``target``, ``.nv-meta/.info.json`` last (Energon reads a folder without it as
+    unprepared, so it must appear after the rest)."""
     output_dir = Path(output_dir)
+    target = Path(target) if target is not None else output_dir
     names = sorted(s["name"] for s in shards)  # energon prepare orders shards by sorted path
     expected = {s["name"]: s["samples"] for s in shards}
-    meta = output_dir / META_DIR
     if foreign_energon_meta(output_dir):
-        raise InvalidInputError(f"{meta} was not written by fastwds; move it away, or convert with --no-energon")
-    meta.mkdir(exist_ok=True)
-    # The sample loader marks the folder as fastwds's (see foreign_energon_meta): write it first.
-    # Without .info.json Energon treats the folder as unprepared: remove it first, write it last.
-    write_text_atomically(meta / "sample_loader.py", sample_loader_source())
+        raise InvalidInputError(f"{output_dir / META_DIR} was not written by fastwds; move it away, or convert "
+                                "with --no-energon")
+    meta = target / META_DIR
+    meta.mkdir(parents=True, exist_ok=True)
+    # Written in place, the folder must never look prepared before it is complete.
     (meta / ".info.json").unlink(missing_ok=True)
+    files: list[str] = []
+
+    def write(relative: str, data: bytes) -> None:
+        write_bytes_atomically(target / relative, data)
+        files.append(relative)
+
+    # The sample loader marks the folder as fastwds's (see foreign_energon_meta): first.
+    write(f"{META_DIR}/sample_loader.py", sample_loader_source().encode())
     counts: dict[str, int] = {}
     exclude: list[str] = []
 
@@ -251,28 +265,27 @@ def write_energon_meta(output_dir: Path, shards: Sequence[dict], *, split_ratio:
             if len(index.samples) != expected[index.name]:
                 raise FastwdsError(f"{output_dir / index.name}: {len(index.samples)} samples in the tar but "
                                    f"{expected[index.name]} recorded when it was written")
-            _write_or_check_tar_idx(output_dir / (index.name + ".idx"), index.tar_idx())
+            idx = output_dir / (index.name + ".idx")
+            if not idx.exists():
+                write(index.name + ".idx", index.tar_idx())
+            elif idx.read_bytes() != index.tar_idx():
+                raise FastwdsError(f"{idx}: does not match the shard's tar headers; delete it and run again "
+                                   "with --resume")
             exclude.extend(f"{index.name}/{key}" for key, _, _ in index.samples if key in excluded_keys)
             counts[index.name] = len(index.samples)
             yield index
 
     write_index_sqlite(meta / INDEX_SQLITE, checked(index_shards(output_dir, names)))
+    files.append(f"{META_DIR}/{INDEX_SQLITE}")
     parts = split_parts(names, split_ratio)
-    write_text_atomically(meta / "split.yaml", split_yaml(parts, exclude))
-    write_text_atomically(meta / "dataset.yaml", dataset_yaml(sample_type))
-    write_text_atomically(meta / "index.uuid", dataset_uuid(shards))
+    write(f"{META_DIR}/split.yaml", split_yaml(parts, exclude).encode())
+    write(f"{META_DIR}/dataset.yaml", dataset_yaml(sample_type).encode())
+    write(f"{META_DIR}/index.uuid", dataset_uuid(shards).encode())
     info = {"energon_version": ENERGON_VERSION, "shard_counts": counts}
-    write_text_atomically(meta / ".info.json", json.dumps(info, indent=2))
+    write(f"{META_DIR}/.info.json", json.dumps(info, indent=2).encode())
     return {"energon_version": ENERGON_VERSION, "meta_dir": META_DIR, "sample_type": sample_type,
             "splits": {part: len(shard_names) for part, shard_names in parts.items()},
-            "excluded_samples": len(exclude)}
-
-
-def _write_or_check_tar_idx(path: Path, wanted: bytes) -> None:
-    if not path.exists():
-        write_bytes_atomically(path, wanted)
-    elif path.read_bytes() != wanted:
-        raise FastwdsError(f"{path}: does not match the shard's tar headers; delete it and run again with --resume")
+            "excluded_samples": len(exclude), "files": files}
 
 
 def _written_by_fastwds(meta: Path) -> bool:

@@ -10,20 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fastwds._core import ShardRecord
+from fastwds.durable import write_text_atomically
 
 WIDS_KIND = "wids-shard-index-v1"
-
-
-def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name, so readers never see half a file."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def wids_index(shards: Iterable[ShardRecord | tuple[str, int, int]], index_path: str | os.PathLike,

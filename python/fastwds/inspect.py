@@ -19,18 +19,18 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from fastwds.checks import (
+from fastwds.errors import InvalidInputError
+from fastwds.media import ImageInfo, inspect_images
+from fastwds.tar.names import split_name
+from fastwds.tar.scanner import Sample, TarScanner, group_samples
+from fastwds.tar.shards import SHARD_SUFFIXES, expand_shards, open_shard
+from fastwds.verify.rules import (
     is_image_extension,
     is_json_extension,
     json_findings,
     parse_json_member,
     sample_structure_findings,
 )
-from fastwds.errors import InvalidInputError
-from fastwds.media import ImageInfo, inspect_images
-from fastwds.tar.names import split_name
-from fastwds.tar.scanner import Sample, TarScanner, group_samples
-from fastwds.tar.shards import SHARD_SUFFIXES, expand_shards, open_shard
 
 DESCRIPTION = ("Show the samples of a shard, a folder of shards or a brace pattern (from any producer): members "
                "and sizes, image format and size, the JSON, and MISMATCH when the JSON's name/images list or "

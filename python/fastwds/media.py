@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 from fastwds import _core
+from fastwds.reasons import Problem
 
 # Decompression-bomb protection stays on; a bomb is reported as a decode failure.
 Image.MAX_IMAGE_PIXELS = 300_000_000
@@ -31,17 +32,11 @@ class ImageInfo:
         return "jpg" if self.format == "jpeg" else self.format
 
 
-@dataclass(frozen=True)
-class ImageProblem:
-    reason: str  # stable code, e.g. "image_truncated"
-    detail: str
-
-
 # An image as the pipeline carries it: bytes, or a (BinaryColumn, index) reference into Arrow memory.
 ImageData = bytes | tuple | None
 
 
-def image_bytes(image: ImageData) -> bytes:
+def payload_bytes(image: ImageData) -> bytes:
     """The bytes of an image (a copy out of Arrow memory for a reference)."""
     if isinstance(image, tuple):
         column, index = image
@@ -49,22 +44,22 @@ def image_bytes(image: ImageData) -> bytes:
     return image or b""
 
 
-def image_size(image: ImageData) -> int:
+def payload_size(image: ImageData) -> int:
     if isinstance(image, tuple):
         column, index = image
         return column.value_len(index)
     return len(image) if image else 0
 
 
-def inspect_images(images: list[ImageData]) -> list[ImageInfo | ImageProblem]:
+def inspect_images(images: list[ImageData]) -> list[ImageInfo | Problem]:
     """Fast checks of many images in one call (Rust, GIL released)."""
     return [
-        ImageInfo(detail, width, height) if status == "ok" else ImageProblem(status, detail)
+        ImageInfo(detail, width, height) if status == "ok" else Problem(status, detail)
         for status, detail, width, height in _core.inspect_images(images)
     ]
 
 
-def decode_problem(data: bytes) -> ImageProblem | None:
+def decode_problem(data: bytes) -> Problem | None:
     """Decode the image with Pillow; the problem if that fails. Pillow releases the GIL while
     decoding, so callers run this in threads.
 
@@ -81,7 +76,7 @@ def decode_problem(data: bytes) -> ImageProblem | None:
                     image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
     except Exception as error:  # Pillow raises many types for corrupt data: all mean "cannot decode"
-        return ImageProblem("image_decode_failed", f"Pillow cannot decode the image: {error}")
+        return Problem("image_decode_failed", f"Pillow cannot decode the image: {error}")
     return None
 
 

@@ -62,3 +62,9 @@ def matching_files(spec: str, missing: str = "no such file") -> list[Path]:
             origin = f" (from pattern {spec})" if candidate != spec else ""
             raise InvalidInputError(f"{candidate}: {missing}{origin}")
     return files
+
+
+def safe_name(raw: str, fallback: str = "data") -> str:
+    """A file-name-safe version of ``raw`` for shard names (subset and dataset names): runs of other
+    characters become '_', leading and trailing dots and underscores go."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or fallback

@@ -22,6 +22,7 @@ class ProgressReporter:
         self.enabled = enabled
         self.total = total_rows
         self.rows = self.written = self.bytes = 0
+        self.per_task: dict[str, tuple[int, int, int]] = {}
         self.started = time.monotonic()
         self.last_shown = 0.0
 
@@ -33,6 +34,12 @@ class ProgressReporter:
         if now - self.last_shown >= self.interval:
             self.last_shown = now
             self.show()
+
+    def task_totals(self, task: str, rows: int, written: int, size: int) -> None:
+        """A task's running totals: a retried task replaces its earlier count, never adds to it."""
+        old = self.per_task.get(task, (0, 0, 0))
+        self.per_task[task] = (rows, written, size)
+        self.update(rows - old[0], written - old[1], size - old[2])
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)

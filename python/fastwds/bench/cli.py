@@ -11,8 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import NamedTuple
 
-from fastwds.bench import convert, write
-from fastwds.bench import read
+from fastwds.bench import convert, read, write
 from fastwds.bench.harness import positive
 
 

@@ -32,15 +32,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fastwds.bench import convert_sources as sources
-from fastwds.bench.harness import (Clock, Runner, Suite, make_durable, manifest_shard_digests, positive,
-                                    run_suite, write_in_pieces)
-from fastwds.bench.plot import require_matplotlib, plot_scaling
+from fastwds.bench.harness import (
+    Clock,
+    Runner,
+    Suite,
+    make_durable,
+    manifest_shard_digests,
+    positive,
+    run_suite,
+    write_in_pieces,
+)
+from fastwds.bench.plot import plot_scaling, require_matplotlib
 from fastwds.convert.cli import default_workers
-from fastwds.convert.options import ConvertOptions
 from fastwds.convert.run import convert
 from fastwds.errors import InvalidInputError
+from fastwds.sources import get_source
 from fastwds.sources.npz import find_volumes
-from fastwds.sources.parquet import ParquetColumns, discover_subsets, plan_parquet
+from fastwds.sources.parquet.plan import ParquetColumns, discover_subsets
 from fastwds.synthetic import generate
 
 log = logging.getLogger(__name__)
@@ -144,12 +152,11 @@ def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[s
     """The library as ``fastwds convert parquet`` calls it: planning is part of the timed job."""
     if args.get("kind", "parquet") != "parquet":
         return sources.fastwds_convert(args, out_dir, clock, MODES[args["mode"]][0])
-    columns = ParquetColumns()
-    options = ConvertOptions(max_samples_per_shard=MAXCOUNT, source_options=columns, limit=args["limit"],
-                             num_workers=args["workers"], **MODES[args["mode"]][0])
+    source = get_source("parquet")
+    options = source.convert_options(max_samples_per_shard=MAXCOUNT, source_options=ParquetColumns(),
+                                     limit=args["limit"], num_workers=args["workers"], **MODES[args["mode"]][0])
     with clock:
-        plan = plan_parquet(args["input"], columns, options.max_samples_per_shard, options.max_shard_bytes,
-                            options.limit)
+        plan = source.plan(args["input"], options)
         manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False)
     check_manifest(manifest, args)
     digests = manifest_shard_digests(manifest, out_dir)
@@ -277,7 +284,9 @@ def describe(path: Path, limit: int | None) -> BenchInput:
     if kind != "parquet":
         return describe_other(kind, path, limit)
     # Planning first: it names the file and the reason when the input cannot be converted.
-    plan = plan_parquet(path, ParquetColumns(), MAXCOUNT, ConvertOptions().max_shard_bytes, limit)
+    source = get_source("parquet")
+    plan = source.plan(path, source.convert_options(max_samples_per_shard=MAXCOUNT, source_options=ParquetColumns(),
+                                                    limit=limit))
     rows, payload = payload_of(str(path), limit, ParquetColumns())
     if rows == 0:
         raise InvalidInputError(f"{path}: no rows to convert")
@@ -300,7 +309,7 @@ def describe_other(kind: str, path: Path, limit: int | None) -> BenchInput:
     else:
         plan = sources.plan_npz_input(str(path), limit)
         rows, payload = sources.npz_payload(str(path), limit)
-        unit, shards = "volumes", f"shards of {sources.NPZ_SAMPLES_PER_SHARD:,} volumes, float16, no CSVs"
+        unit, shards = "volumes", f"shards of {get_source('npz').convert_options().max_samples_per_shard:,} volumes, float16, no CSVs"
     if rows == 0:
         raise InvalidInputError(f"{path}: no {unit} to convert")
     if rows != plan.total_rows:  # both count the rows the runners convert: a bug if they differ
@@ -366,7 +375,7 @@ def notes(data: BenchInput) -> list[str]:
         f"payload = the {data.payload_bytes / 1e6:,.1f} MB of images in those rows, the same for every "
         "runner, so MB/s ratios are time ratios; samples: fastwds counts the valid samples it wrote "
         "(rows less rejected), the others every row",
-        "fastwds runs through the library (plan_parquet + convert, default options but the worker "
+        "fastwds runs through the library (Source.plan + convert, default options but the worker "
         f"count): planning, validation, shards, manifest and fsync are timed; its {data.tasks} shard "
         f"task{'s' if data.tasks != 1 else ''} bound{'s' if data.tasks == 1 else ''} how many workers can "
         f"be busy; every run is checked: {checked}, shards byte-identical in every repetition",

@@ -13,21 +13,21 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fastwds.bench.harness import Clock, make_durable, manifest_shard_digests, write_in_pieces
-from fastwds.convert.cli import parse_size
-from fastwds.convert.npz_cli import DEFAULT_MAX_SHARD_SIZE as NPZ_MAX_SHARD_SIZE
-from fastwds.convert.npz_cli import DEFAULT_SAMPLES_PER_SHARD as NPZ_SAMPLES_PER_SHARD
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan
 from fastwds.convert.run import convert
-from fastwds.sources.npz import NpzOptions, find_volumes, plan_npz, volume_key
-from fastwds.sources.sft import SftOptions, SftRow, iter_rows, parse_row, plan_sft, resolve_media
+from fastwds.sources import get_source
+from fastwds.sources.npz import NpzOptions, find_volumes, volume_key
+from fastwds.sources.sft import SftOptions
+from fastwds.sources.sft.plan import resolve_media
+from fastwds.sources.sft.rows import SftRow, iter_rows, parse_row
 
 SFT_SUFFIXES = (".json", ".jsonl")
 
@@ -70,7 +70,8 @@ def sft_payload(path: str, limit: int | None) -> tuple[int, int]:
 
 
 def plan_sft_input(path: str, limit: int | None, maxcount: int) -> Plan:
-    return plan_sft([path], SftOptions(), maxcount, ConvertOptions().max_shard_bytes, limit)
+    sft = get_source("sft")
+    return sft.plan([path], sft.convert_options(source_options=SftOptions(), max_samples_per_shard=maxcount, limit=limit))
 
 
 def npz_volumes(root: str, limit: int | None) -> list[str]:
@@ -85,33 +86,30 @@ def npz_payload(root: str, limit: int | None) -> tuple[int, int]:
 
 
 def plan_npz_input(root: str, limit: int | None) -> Plan:
-    return plan_npz(root, NpzOptions(), NPZ_SAMPLES_PER_SHARD, parse_size(NPZ_MAX_SHARD_SIZE), limit)
+    npz = get_source("npz")
+    return npz.plan(root, npz.convert_options(source_options=NpzOptions(), limit=limit))
 
 
 # ---- runners (each runs in its own process; see harness.py) ------------------------------------
 
 def fastwds_options(args: dict[str, Any], mode_options: dict[str, Any]) -> ConvertOptions:
-    """The options the CLI would use: ``convert sft`` writes Energon metadata and indexes by
-    default; ``convert npz`` converts one volume per batch with queues one deep."""
+    """The options the CLI would use, from the source's own defaults and execution settings:
+    ``convert sft`` writes Energon metadata and indexes by default; ``convert npz`` converts one
+    volume per batch with queues one deep."""
+    source = get_source(args["kind"])
     if args["kind"] == "sft":
-        options = ConvertOptions(max_samples_per_shard=args["maxcount"], source_options=SftOptions(),
-                                 limit=args["limit"], num_workers=args["workers"], **mode_options)
-        return replace(options, energon_index=True)
-    options = ConvertOptions(max_samples_per_shard=NPZ_SAMPLES_PER_SHARD, max_shard_bytes=parse_size(NPZ_MAX_SHARD_SIZE),
-                             source_options=NpzOptions(), limit=args["limit"], num_workers=args["workers"])
-    return replace(options, batch_rows=1, queue_batches=1, image_threads=1)
+        return source.convert_options(max_samples_per_shard=args["maxcount"], source_options=SftOptions(),
+                                      limit=args["limit"], num_workers=args["workers"], energon_index=True,
+                                      **mode_options)
+    return source.convert_options(source_options=NpzOptions(), limit=args["limit"], num_workers=args["workers"])
 
 
 def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock, mode_options: dict[str, Any]) -> dict[str, Any]:
     """The library as ``fastwds convert sft|npz`` calls it: planning is part of the timed job."""
     options = fastwds_options(args, mode_options)
+    source = get_source(args["kind"])
     with clock:
-        if args["kind"] == "sft":
-            plan = plan_sft([args["input"]], options.source_options, options.max_samples_per_shard,
-                            options.max_shard_bytes, options.limit)
-        else:
-            plan = plan_npz(args["input"], options.source_options, options.max_samples_per_shard,
-                            options.max_shard_bytes, options.limit)
+        plan = source.plan([args["input"]] if args["kind"] == "sft" else args["input"], options)
         manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False)
     totals = manifest["totals"]
     if totals["rows"] != args["rows"]:
@@ -181,8 +179,9 @@ def npz_peer(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, Any
     import webdataset
 
     with clock:
-        writer = webdataset.ShardWriter(str(out_dir / "shard-%06d.tar"), maxcount=NPZ_SAMPLES_PER_SHARD,
-                                        maxsize=parse_size(NPZ_MAX_SHARD_SIZE), verbose=0)
+        defaults = get_source("npz").convert_options()
+        writer = webdataset.ShardWriter(str(out_dir / "shard-%06d.tar"), maxcount=defaults.max_samples_per_shard,
+                                        maxsize=defaults.max_shard_bytes, verbose=0)
         for relative in npz_volumes(args["input"], args["limit"]):
             with np.load(Path(args["input"], relative)) as archive:
                 volume = archive[archive.files[0]]

@@ -21,9 +21,9 @@ from typing import Any, Literal
 import numpy as np
 
 from fastwds.bench.harness import Clock, Runner, Suite, positive, run_suite
-from fastwds.convert.options import ConvertOptions
 from fastwds.convert.run import convert
-from fastwds.sources.npz import NpzOptions, find_volumes, plan_npz
+from fastwds.sources import get_source
+from fastwds.sources.npz import NpzOptions, find_volumes
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,10 @@ def generate_volumes(folder: Path, count: int, shape: tuple[int, ...]) -> None:
 
 def convert_volumes(npz_dir: Path, out_dir: Path, volumes: int, per_shard: int,
                     compress: Literal["zstd"] | None) -> dict:
-    npz = NpzOptions(compress=compress)
-    options = ConvertOptions(max_samples_per_shard=per_shard, max_shard_bytes=1 << 40, source_options=npz,
-                             limit=volumes, batch_rows=1, queue_batches=1, image_threads=1, fsync=False)
-    plan = plan_npz(npz_dir, npz, per_shard, options.max_shard_bytes, volumes)
-    return convert(plan, out_dir, options, command="bench read", show_progress=False)
+    source = get_source("npz")
+    options = source.convert_options(max_samples_per_shard=per_shard, max_shard_bytes=1 << 40,
+                                     source_options=NpzOptions(compress=compress), limit=volumes, fsync=False)
+    return convert(source.plan(npz_dir, options), out_dir, options, command="bench read", show_progress=False)
 
 
 # ---- runners (each runs in its own process; see harness.py) ------------------------------------

@@ -1,5 +1,7 @@
-"""``fastwds convert parquet``: arguments, summary table, exit codes. Flags accept the seed
-script's spellings (``--input_dir``) as well as the dashed ones."""
+"""``fastwds convert SOURCE``: one subcommand per registered source (``fastwds.sources.SOURCES``),
+each with the source's own arguments plus the flags every conversion shares, then one flow:
+configure, plan, convert, summary. Flags accept the seed scripts' spellings (``--input_dir``) as
+well as the dashed ones."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import re
 import sys
 from typing import Any
 
-from fastwds.convert.options import ON_INVALID, ConvertOptions
+from fastwds.convert.options import ON_INVALID
 from fastwds.convert.run import convert
 from fastwds.errors import InvalidInputError
-from fastwds.sources.parquet import ParquetColumns, plan_parquet
+from fastwds.sources import SOURCES, get_source
+from fastwds.sources.base import Source
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -75,62 +78,8 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --reencode: shrink so the longest side is at most this")
 
 
-def add_parquet_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input_dir", nargs="?", help="folder of parquet files (subfolders are subsets)")
-    parser.add_argument("output_dir", nargs="?", help="folder for the shards")
-    parser.add_argument("--input_dir", "--input-dir", dest="input_dir_flag", help=argparse.SUPPRESS)
-    parser.add_argument("--output_dir", "--output-dir", dest="output_dir_flag", help=argparse.SUPPRESS)
-    defaults = ParquetColumns()
-    for name in ("id", "image", "images", "conversations", "data_source"):
-        flag = name.replace("_", "-")
-        parser.add_argument(f"--{flag}-column", f"--{name}_column", dest=f"{name}_column",
-                            default=getattr(defaults, name), help=f"column holding {name} (default {name!r})")
-    add_common_arguments(parser)
-    add_image_arguments(parser)
-
-
-def options_from(args: argparse.Namespace, source_options: Any) -> ConvertOptions:
-    """The options every source shares, from the common arguments."""
-    if args.max_samples_per_shard < 1:
-        raise InvalidInputError("--max-samples-per-shard must be at least 1")
-    return ConvertOptions(
-        max_samples_per_shard=args.max_samples_per_shard,
-        max_shard_bytes=args.max_shard_size,
-        on_invalid=args.on_invalid,
-        # Sources without images (npz) do not have these arguments: the defaults apply.
-        verify_images=getattr(args, "verify_images", "fast"),
-        reencode=getattr(args, "reencode", None),
-        quality=getattr(args, "quality", 90),
-        max_side=getattr(args, "max_side", None),
-        dali_index=args.dali_index,
-        source_options=source_options,
-        limit=args.limit,
-        num_workers=max(1, args.num_workers),
-        fsync=not args.no_fsync,
-    )
-
-
-def positional_or_flag(args: argparse.Namespace, name: str) -> str:
-    value = getattr(args, f"{name}_flag") or getattr(args, name)
-    if not value:
-        raise InvalidInputError(f"{name.upper()} is required (positional, or --{name})")
-    return value
-
-
-def run_parquet(args: argparse.Namespace) -> int:
-    input_dir = positional_or_flag(args, "input_dir")
-    output_dir = positional_or_flag(args, "output_dir")
-    columns = ParquetColumns(args.id_column, args.image_column, args.images_column,
-                             args.conversations_column, args.data_source_column)
-    options = options_from(args, columns)
-    plan = plan_parquet(input_dir, columns, options.max_samples_per_shard, options.max_shard_bytes, options.limit)
-    manifest = convert(plan, output_dir, options, command="convert parquet", resume=args.resume,
-                       overwrite=args.overwrite, show_progress=not args.no_progress and not args.json)
-    print_summary(manifest, output_dir, as_json=args.json)
-    return 0
-
-
-def print_summary(manifest: dict[str, Any], output_dir: str, as_json: bool) -> None:
+def print_summary(manifest: dict[str, Any], output_dir: str, as_json: bool,
+                  extra: list[tuple[str, str]] = ()) -> None:
     totals = manifest["totals"]
     if as_json:
         summary = {"output_dir": os.path.abspath(output_dir), **totals,
@@ -155,21 +104,51 @@ def print_summary(manifest: dict[str, Any], output_dir: str, as_json: bool) -> N
              ("output", os.path.abspath(output_dir))]
     if totals["invalid"]:
         rows.append(("rejects", os.path.join(os.path.abspath(output_dir), "rejects.jsonl")))
+    rows += extra
     width = max(len(label) for label, _ in rows)
     print("fastwds convert: done" + (" (resumed)" if manifest["resumed"] else ""))
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
 
 
+def shared_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ConvertOptions fields from the flags every source shares."""
+    if args.max_samples_per_shard < 1:
+        raise InvalidInputError("--max-samples-per-shard must be at least 1")
+    fields = dict(max_samples_per_shard=args.max_samples_per_shard, max_shard_bytes=args.max_shard_size,
+                  on_invalid=args.on_invalid, dali_index=args.dali_index, limit=args.limit,
+                  num_workers=max(1, args.num_workers), fsync=not args.no_fsync)
+    if hasattr(args, "verify_images"):  # sources whose samples carry images
+        fields.update(verify_images=args.verify_images, reencode=args.reencode, quality=args.quality,
+                      max_side=args.max_side)
+    return fields
+
+
+def run_source(args: argparse.Namespace) -> int:
+    source: Source = args.source_object
+    job = source.configure(args)
+    options = source.convert_options(**{**shared_options(args), "source_options": job.source_options, **job.overrides})
+    plan = source.plan(job.inputs, options)
+    manifest = convert(plan, job.output, options, command=f"convert {source.name}", resume=args.resume,
+                       overwrite=args.overwrite, show_progress=not args.no_progress and not args.json)
+    print_summary(manifest, job.output, as_json=args.json, extra=source.summary(manifest))
+    return 0
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    parquet = sources.add_parser("parquet", help="multimodal instruct parquet (LLaVA style)",
-                                 description="Convert a folder of LLaVA-style parquet into validated shards.")
-    add_parquet_arguments(parquet)
-    parquet.set_defaults(run=run_parquet)
-    from fastwds.convert.npz_cli import add_npz_parser  # imports this module: import on use
-
-    add_npz_parser(sources)
-    from fastwds.sources.sft_cli import register as add_sft_parser  # imports this module: import on use
-
-    add_sft_parser(sources)
+    subcommands = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for name in SOURCES:
+        source = get_source(name)
+        sub = subcommands.add_parser(name, help=source.help, description=source.description)
+        source.add_arguments(sub)
+        add_common_arguments(sub)
+        if source.has_images:
+            add_image_arguments(sub)
+        defaults = source.convert_options()
+        sub.set_defaults(run=run_source, source_object=source, max_samples_per_shard=defaults.max_samples_per_shard,
+                         max_shard_size=defaults.max_shard_bytes)
+        for action in sub._actions:  # the shared help states this source's defaults
+            if action.dest == "max_samples_per_shard" and action.help is not argparse.SUPPRESS:
+                action.help = f"samples per shard (default {defaults.max_samples_per_shard})"
+            elif action.dest == "max_shard_size":
+                action.help = f"hard cap on a shard file's size (default {defaults.max_shard_bytes / 1e9:g}GB)"

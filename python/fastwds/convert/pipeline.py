@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
 from fastwds.errors import InvalidSamplesError
-from fastwds.media import ImageData, image_size
+from fastwds.media import ImageData, payload_size
+from fastwds.reasons import check_reason
 from fastwds.writer import ShardWriter
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows written, bytes written)
@@ -39,7 +40,7 @@ class PreparedBatch:
         self.ids.append(sample_id)
         for ext, data in members.items():
             self.columns.setdefault(ext, [None] * position).append(data)
-            self.payload_bytes += image_size(data)
+            self.payload_bytes += payload_size(data)
         for values in self.columns.values():
             if len(values) == position:
                 values.append(None)
@@ -75,6 +76,7 @@ class RejectLog:
         self.result = TaskResult(task.name)
 
     def reject(self, file: str, row: int, sample_id: Any, reason: str, detail: str, kept: bool = False) -> None:
+        check_reason(reason)
         if self.options.on_invalid == "fail":
             raise InvalidSamplesError(f"{file} row {row} (id {sample_id!r}): {reason}: {detail}")
         self.result.rejects.append({"subset": self.task.subset, "file": file, "row": row, "id": sample_id,

@@ -18,8 +18,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from fastwds.tar.format import (BLOCK, NO_DATA_TYPES, REGULAR_TYPES, checksum_ok, decode_name, padded, parse_number,
-                                parse_pax, ustar_prefix)
+from fastwds.tar.format import (
+    BLOCK,
+    NO_DATA_TYPES,
+    REGULAR_TYPES,
+    checksum_ok,
+    decode_name,
+    padded,
+    parse_number,
+    parse_pax,
+    ustar_prefix,
+)
 from fastwds.tar.names import is_metadata, split_name
 
 

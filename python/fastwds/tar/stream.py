@@ -14,8 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from fastwds.tar.format import (BLOCK, EXTENSION_TYPES, NO_DATA_TYPES, REGULAR_TYPES, ZERO_BLOCK, ShardFormatError,
-                                check_member_path, checksum_ok, parse_number, parse_pax, ustar_name)
+from fastwds.tar.format import (
+    BLOCK,
+    EXTENSION_TYPES,
+    NO_DATA_TYPES,
+    REGULAR_TYPES,
+    ZERO_BLOCK,
+    ShardFormatError,
+    check_member_path,
+    checksum_ok,
+    parse_number,
+    parse_pax,
+    ustar_name,
+)
 from fastwds.tar.names import is_metadata, split_name
 
 

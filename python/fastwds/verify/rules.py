@@ -1,10 +1,6 @@
-"""What ``verify`` (and ``inspect``) check in one member or one sample, and how bad each finding is.
-
-Severity: an **error** breaks a reader or loses data (a corrupt tar, a sample split in two, a
-repeated key, a JSON that names members the sample does not have, an index that points at the
-wrong bytes). A **warning** is a portability problem: some readers see the data differently
-(PAX-only names that wids ignores, uppercase extensions that only webdataset lowercases, ...).
-See COMPAT.md for the reader behaviour behind every rule.
+"""The verify-time rules: what ``verify`` (and ``inspect``) check in one member or one sample of
+shards from any producer. Each finding has a code of ``fastwds.reasons.VERIFY_CODES``, which also
+says how bad it is. (Convert-time rules, which decide what fastwds writes, are the sources'.)
 """
 
 from __future__ import annotations
@@ -14,56 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fastwds.sources.chat import IMAGE_TOKEN
 from fastwds.tar.scanner import TarMember
-from fastwds.validate import IMAGE_TOKEN
-
-ERROR, WARNING = "error", "warning"
-
-CODES: dict[str, tuple[str, str]] = {
-    # tar structure
-    "tar_bad_checksum": (ERROR, "a header checksum is wrong: the archive is corrupt from there on"),
-    "tar_bad_header": (ERROR, "a header field cannot be parsed"),
-    "tar_truncated": (ERROR, "the archive is cut short"),
-    "tar_missing_end": (ERROR, "the two zero blocks that end a tar are missing"),
-    "tar_data_after_end": (ERROR, "data after the end-of-archive blocks (readers never see it)"),
-    "shard_unreadable": (ERROR, "the shard file cannot be read"),
-    # samples and keys
-    "sample_not_contiguous": (ERROR, "a sample's members are not consecutive: readers split it in two"),
-    "duplicate_extension": (ERROR, "two members of one sample have the same extension"),
-    "duplicate_key": (ERROR, "a key is used by more than one sample of the dataset"),
-    "json_invalid": (ERROR, "a .json member is not valid UTF-8 JSON"),
-    "name_mismatch": (ERROR, "the JSON's name/images list and the sample's members disagree"),
-    "image_token_mismatch": (ERROR, "number of <image> tokens differs from number of image members"),
-    "image_invalid": (ERROR, "an image is empty, truncated, unreadable or not an image"),
-    "image_decode_failed": (ERROR, "an image does not decode (--full)"),
-    # indexes and manifest
-    "manifest_invalid": (ERROR, "manifest.json cannot be read"),
-    "manifest_mismatch": (ERROR, "manifest.json disagrees with the shards"),
-    "wids_index_mismatch": (ERROR, "a wids index disagrees with the shards"),
-    "dali_index_mismatch": (ERROR, "a DALI .idx disagrees with its shard"),
-    "energon_index_mismatch": (ERROR, "an Energon .tar.idx disagrees with its shard"),
-    "energon_meta_mismatch": (ERROR, "Energon's .nv-meta (.info.json, index.sqlite) disagrees with the shards"),
-    # float16 volumes against their NPZ sources (--check-precision)
-    "precision_exceeded": (ERROR, "a float16 value is not its NPZ source value rounded to float16 (or clipped)"),
-    "precision_stats_mismatch": (ERROR, "a volume's recorded max_abs_error/rmse differ from the recomputed ones"),
-    "shape_mismatch": (ERROR, "a float16 volume's shape differs from its NPZ source's"),
-    "source_missing": (ERROR, "a volume's NPZ source cannot be found"),
-    "source_unreadable": (ERROR, "a volume's NPZ source cannot be read"),
-    "volume_unreadable": (ERROR, "a sample's float16 volume member is missing, not float16, or does not decode"),
-    # portability (COMPAT.md)
-    "compressed_shard": (WARNING, "compressed shard: wids and DALI cannot read it, offsets cannot be indexed"),
-    "empty_shard": (WARNING, "a shard without samples (DALI refuses it, Energon skips it)"),
-    "member_ignored": (WARNING, "a member readers leave out of every sample"),
-    "pax_header": (WARNING, "PAX extended headers: wids ignores them, 1 KiB more per member"),
-    "float_mtime": (WARNING, "fractional mtimes (PAX): the shard is not reproducible byte for byte"),
-    "long_name": (WARNING, "a name needs a long-name header: wids and DALI see a different name"),
-    "name_not_portable": (WARNING, "a member name is not plain ASCII without spaces/backslashes"),
-    "uppercase_extension": (WARNING, "an extension has uppercase letters: only webdataset lowercases them"),
-    "hidden_key": (WARNING, "a key starting with '.' or '__': HF datasets skips it, other readers do not"),
-    "image_extension_mismatch": (WARNING, "an image's extension does not match its real format"),
-    "unlisted_shard": (WARNING, "a shard that an index or manifest of the dataset does not list"),
-    "index_not_checked": (WARNING, "an index file that could not be checked"),
-}
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 IMAGE_EXTENSIONS = frozenset(("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"))
@@ -72,10 +20,6 @@ FORMAT_EXTENSIONS = {"jpeg": ("jpg", "jpeg"), "tiff": ("tif", "tiff")}
 # Where chat-style JSON keeps its turns, and the text field of a turn (LLaVA uses "value").
 TURN_LISTS = ("conversations", "messages", "texts")
 TURN_TEXT = ("content", "value", "text")
-
-
-def severity(code: str) -> str:
-    return CODES[code][0]
 
 
 @dataclass(frozen=True)
@@ -157,7 +101,7 @@ def listed_members(document: dict[str, Any]) -> tuple[str, list[str]] | None:
     return None
 
 
-def count_tokens(document: dict[str, Any]) -> int | None:
+def json_image_tokens(document: dict[str, Any]) -> int | None:
     """``<image>`` tokens in the turns of a chat-style JSON; None when it has no turns."""
     found = False
     tokens = 0
@@ -215,7 +159,7 @@ def json_findings(key: str, json_member: str, document: Any, extensions: list[st
             if ext not in references:
                 found.append(Finding("name_mismatch", f"key {key}: image member {ext!r} is not listed in the JSON's "
                                      f"{field_name!r} ({', '.join(map(repr, items))}){note}", json_member))
-    tokens = count_tokens(document)
+    tokens = json_image_tokens(document)
     if tokens is not None and (tokens or images) and tokens != len(images):
         found.append(Finding("image_token_mismatch", f"key {key}: {tokens} {IMAGE_TOKEN} token(s) in the JSON but "
                              f"{len(images)} image member(s) ({', '.join(images) or 'none'}){note}", json_member))

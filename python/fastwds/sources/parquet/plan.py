@@ -1,29 +1,19 @@
-"""Multimodal instruct parquet (LLaVA style): ``id``, ``image`` {bytes, path} or an ``images``
-list, ``conversations`` [{role, content}] or [{from, value}], ``data_source``.
-
-Every folder under the input root holding parquet files is a subset with its own shards; files at
-the top form a subset named after the root. Planning reads only metadata and the id column.
-"""
+"""Planning a parquet conversion: every folder under the input root holding parquet files is a
+subset with its own shards; files at the top form a subset named after the root. Planning reads
+only metadata (row groups, sizes) and the id column (duplicate ids across the whole dataset)."""
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastwds.arrow import binary_column, image_bytes
-from fastwds.convert.chat import ChatConverter
-from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
 from fastwds.errors import InvalidInputError
-from fastwds.sources.base import RowBatch
+from fastwds.paths import safe_name
 
 
 @dataclass(frozen=True)
@@ -39,7 +29,7 @@ def subset_name(relative_dir: str, root: Path) -> str:
     """A file-name-safe subset name: the folder path with '/' as '__'; the root's own files are
     named after the root folder."""
     raw = relative_dir.replace(os.sep, "__") if relative_dir not in ("", ".") else root.resolve().name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or "data"
+    return safe_name(raw)
 
 
 def discover_subsets(root: Path) -> dict[str, list[str]]:
@@ -125,79 +115,6 @@ def attach_rejections(tasks: list[Task], id_series: list[pl.Series]) -> tuple[Ta
                      if task_start <= p < task_start + task.num_rows)
         located.append(Task(task.subset, task.number, task.slices, rows) if rows else task)
     return tuple(located)
-
-
-def make_converter(task: Task, options: ConvertOptions, executor: ThreadPoolExecutor) -> ChatConverter:
-    return ChatConverter(task, options, executor)
-
-
-def read_task(root: str, task: Task, options: ConvertOptions) -> Iterator[RowBatch]:
-    """Stream the task's rows in batches of at most ``options.batch_rows`` rows, never holding more.
-
-    pyarrow decodes the row groups; image bytes stay in Arrow memory and reach the Rust checks
-    and writer as ``(BinaryColumn, index)`` references. (Converting them to Python ``bytes``, as
-    polars' ``to_list`` does, costs more than reading them: a fresh 60-100 KB allocation and copy
-    per image.)
-    """
-    columns: ParquetColumns = options.source_options
-    for piece in task.slices:
-        path = Path(root) / piece.file
-        try:
-            yield from _read_slice(path, piece.file, piece.start, piece.stop, columns, options.batch_rows)
-        except (pa.ArrowException, OSError) as error:
-            raise InvalidInputError(f"{path}: rows {piece.start}-{piece.stop - 1} cannot be read: {error}") from error
-
-
-# Buffered reads of column chunks: measured 3x faster than pyarrow's default whole-chunk reads.
-READ_BUFFER = 1 << 20
-
-
-def _read_slice(path: Path, file: str, start: int, stop: int, columns: ParquetColumns,
-                batch_rows: int) -> Iterator[RowBatch]:
-    """Rows ``[start, stop)`` of one file. One row group per ``iter_batches`` call: given many row
-    groups at once, pyarrow reads far ahead (measured: ~285 MB held for a 3,000-row file, against
-    ~27 MB one group at a time), so memory is about one row group plus the pipeline's batches."""
-    with pq.ParquetFile(path, buffer_size=READ_BUFFER) as parquet:
-        names = parquet.schema_arrow.names
-        wanted = [c for c in (columns.id, columns.conversations, columns.image, columns.images,
-                              columns.data_source) if c in names]
-        group_start = 0
-        for group in range(parquet.num_row_groups):
-            group_rows = parquet.metadata.row_group(group).num_rows
-            if group_start < stop and group_start + group_rows > start:
-                position = group_start
-                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=wanted):
-                    lo, hi = max(start, position), min(stop, position + batch.num_rows)
-                    if lo < hi:
-                        yield to_batch(file, lo, batch.slice(lo - position, hi - lo), columns)
-                    position += batch.num_rows
-            group_start += group_rows
-            if group_start >= stop:
-                return
-
-
-def to_batch(file: str, first_row: int, rows: pa.RecordBatch, columns: ParquetColumns) -> RowBatch:
-    n = rows.num_rows
-    names = rows.schema.names
-    ids = [None if v is None else str(v) for v in rows.column(columns.id).to_pylist()]
-    single: list = [None] * n
-    if columns.image in names:
-        values = binary_column(image_bytes(rows.column(columns.image)))
-        single = [(values, i) for i in range(n)]
-    several: list = [None] * n
-    if columns.images in names:
-        lists = rows.column(columns.images)
-        values = binary_column(image_bytes(lists.values))
-        offsets = lists.offsets.to_pylist()
-        several = [None if null else [(values, j) for j in range(offsets[i], offsets[i + 1])]
-                   for i, null in enumerate(lists.is_null().to_pylist())]
-    null_single = rows.column(columns.image).is_null().to_pylist() if columns.image in names else [True] * n
-    # A row's images: the list column when it has one, else the single image, else none.
-    images = [many if many is not None else ([] if no_single else [one])
-              for one, many, no_single in zip(single, several, null_single)]
-    sources = rows.column(columns.data_source).to_pylist() if columns.data_source in names else [None] * n
-    return RowBatch(file, first_row, ids, rows.column(columns.conversations).to_pylist(), images,
-                    [{"data_source": s} for s in sources])
 
 
 def collect(frame: pl.LazyFrame, path: Path, what: str) -> pl.DataFrame:

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from fastwds import __version__
+from fastwds.convert.layout import MANIFEST_NAME
 from fastwds.convert.plan import Plan
-from fastwds.indexes import write_text_atomically
-
-MANIFEST_NAME = "manifest.json"
+from fastwds.durable import write_text_atomically
 
 
 def build_manifest(command: str, plan: Plan, output_options: dict[str, Any], task_records: list[dict],

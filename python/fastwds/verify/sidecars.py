@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastwds.convert.layout import MANIFEST_NAME
 from fastwds.indexes import WIDS_KIND
-from fastwds.manifest import MANIFEST_NAME
 
 ENERGON_META = ".nv-meta"
 

@@ -1,0 +1,191 @@
+"""Conversation + images samples (the parquet and SFT sources): the rules a sample must meet and
+``ChatConverter``, which validates and encodes a batch of rows.
+
+Rules: conversations in either spelling (``{role, content}`` or LLaVA's ``{from, value}``), known
+roles, non-empty turns, and one ``<image>`` (or ``<video>``) token per medium. The sample JSON
+keeps the original id, conversations normalised to ``{role, content}``, the source's extra
+fields, and per image its member name, format, width and height.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastwds.convert.options import ConvertOptions
+from fastwds.convert.pipeline import PreparedBatch, RejectLog
+from fastwds.convert.plan import Task
+from fastwds.media import ImageData, ImageInfo, decode_problem, inspect_images, payload_bytes, reencode_jpeg
+from fastwds.reasons import Problem
+from fastwds.sources.base import RowBatch
+
+IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+MEDIA_TOKENS = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN}
+TOKEN_MISMATCH = {"image": "image_token_mismatch", "video": "video_token_mismatch"}
+
+# LLaVA's {from, value} spelling and the role names it uses.
+ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+def normalize_conversations(turns: Any, allow_empty_system: bool = False) -> list[dict[str, str]] | Problem:
+    """``[{role, content}]`` from either spelling, or the first problem found. An empty system
+    prompt is kept when allowed: some chat templates add a default one when none is given, so
+    dropping it would change what the model sees."""
+    if not turns:
+        return Problem("no_conversation", "conversations is missing or empty")
+    normalized = []
+    for number, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            return Problem("bad_turn", f"turn {number} is {type(turn).__name__}, not a mapping")
+        raw_role = turn.get("role") if turn.get("role") is not None else turn.get("from")
+        content = turn.get("content") if turn.get("content") is not None else turn.get("value")
+        role = ROLE_ALIASES.get(str(raw_role).strip().lower()) if raw_role is not None else None
+        if role is None:
+            return Problem("bad_role", f"turn {number} has role {raw_role!r}")
+        if not isinstance(content, str) or not (content.strip() or (role == "system" and allow_empty_system)):
+            return Problem("empty_turn", f"turn {number} ({role}) has no text")
+        normalized.append({"role": role, "content": content})
+    return normalized
+
+
+def count_media_tokens(conversations: list[dict[str, str]], token: str) -> int:
+    return sum(turn["content"].count(token) for turn in conversations)
+
+
+def system_turn_problem(conversations: list[dict[str, str]]) -> Problem | None:
+    """Loaders move the system prompt out of the turns (Energon sample loaders keep one
+    ``system`` value): a second or late system turn would be silently lost or reordered."""
+    for number, turn in enumerate(conversations):
+        if turn["role"] == "system" and number > 0:
+            return Problem("system_turn_position", f"turn {number} is a system turn; only the first turn may be one")
+    if all(turn["role"] == "system" for turn in conversations):
+        return Problem("no_conversation", "the conversation has only a system turn")
+    return None
+
+
+def image_member_names(extensions: list[str]) -> list[str]:
+    """One image is ``jpg``/``png``/...; several are ``0.jpg``, ``1.png``, ... in order, which
+    webdataset, wids and Energon all split into key + one extension per image."""
+    if len(extensions) == 1:
+        return extensions
+    return [f"{i}.{ext}" for i, ext in enumerate(extensions)]
+
+
+@dataclass
+class CheckedSample:
+    """A row after validation: either ``problem`` is set, or it is ready to write."""
+
+    conversations: list[dict[str, str]] | None = None
+    images: list[ImageInfo] = field(default_factory=list)
+    problem: Problem | None = None
+
+
+def check_sample(turns: Any, image_checks: list[Any], *, kind: str = "image",
+                 other_kinds: tuple[str, ...] = (), sft_system: bool = False) -> CheckedSample:
+    """Conversation and media checks of one sample; media were inspected beforehand (in bulk).
+    ``image_checks`` hold ``ImageInfo`` (or another info type, e.g. videos) or ``Problem``.
+    The ``kind`` token must occur once per medium; the tokens of ``other_kinds`` must not occur
+    at all (the sample has none of them). ``sft_system``: an empty system prompt is allowed and a
+    system turn must be the first turn."""
+    conversations = normalize_conversations(turns, allow_empty_system=sft_system)
+    if isinstance(conversations, Problem):
+        return CheckedSample(problem=conversations)
+    if sft_system and (problem := system_turn_problem(conversations)) is not None:
+        return CheckedSample(conversations, problem=problem)
+    for number, check in enumerate(image_checks):
+        if isinstance(check, Problem):
+            return CheckedSample(conversations, problem=Problem(check.reason, f"{kind} {number}: {check.detail}"))
+    for token_kind, count in ((kind, len(image_checks)), *((other, 0) for other in other_kinds)):
+        tokens = count_media_tokens(conversations, MEDIA_TOKENS[token_kind])
+        if tokens != count:
+            return CheckedSample(conversations, problem=Problem(
+                TOKEN_MISMATCH[token_kind],
+                f"{tokens} {MEDIA_TOKENS[token_kind]} token(s) but {count} {token_kind}(s)"))
+    return CheckedSample(conversations, images=list(image_checks))
+
+
+class ChatConverter(RejectLog):
+    """Validates and encodes the conversation + images rows of one task."""
+
+    def __init__(self, task: Task, options: ConvertOptions, images: ThreadPoolExecutor) -> None:
+        super().__init__(task, options)
+        self.images = images
+        self.rejected = {offset: (reason, detail) for offset, reason, detail in task.rejected}
+
+    def reject_row(self, batch: RowBatch, index: int, reason: str, detail: str, kept: bool = False) -> None:
+        self.reject(batch.file, batch.first_row + index, batch.ids[index], reason, detail, kept)
+
+    def inspect(self, flat: list[ImageData]) -> list[ImageInfo | Problem]:
+        """Checks of every image of a batch, in one call (sources with other media override this)."""
+        checks: list[ImageInfo | Problem] = inspect_images(flat)
+        if self.options.verify_images == "full":
+            decoded = self.images.map(
+                lambda pair: decode_problem(payload_bytes(pair[0])) if isinstance(pair[1], ImageInfo) else None,
+                zip(flat, checks))
+            checks = [problem or check for problem, check in zip(decoded, checks)]
+        return checks
+
+    def check_row(self, batch: RowBatch, index: int, media_checks: list) -> CheckedSample:
+        return check_sample(batch.conversations[index], media_checks)
+
+    def prepare(self, batch: RowBatch) -> PreparedBatch:
+        flat = [image for images in batch.images for image in images]
+        checks = self.inspect(flat)
+        prepared = PreparedBatch(rows=len(batch))
+        position = 0
+        for index, sample_id in enumerate(batch.ids):
+            images = batch.images[index]
+            image_checks = checks[position:position + len(images)]
+            position += len(images)
+            offset = self.result.rows + index
+            if sample_id is None or sample_id == "":
+                self.reject_row(batch, index, "missing_id", "the id is null or empty")
+                continue
+            if offset in self.rejected:
+                self.reject_row(batch, index, *self.rejected[offset])
+                continue
+            checked = self.check_row(batch, index, image_checks)
+            keep_invalid = checked.problem is not None and self.options.on_invalid == "keep"
+            if checked.problem is not None:
+                self.reject_row(batch, index, checked.problem.reason, checked.problem.detail, kept=keep_invalid)
+                if not keep_invalid:
+                    continue
+            prepared.add(sample_id, self.members(batch, index, images, image_checks, checked))
+        self.result.rows += len(batch)
+        return prepared
+
+    def members(self, batch, index, images, image_checks, checked) -> dict[str, ImageData]:
+        infos = [c if isinstance(c, ImageInfo) else None for c in image_checks]
+        if self.options.reencode == "jpeg":
+            encoded = list(self.images.map(
+                lambda pair: reencode_jpeg(payload_bytes(pair[0]), self.options.quality, self.options.max_side)
+                if pair[1] is not None else (pair[0], None), zip(images, infos)))
+            images = [data for data, _ in encoded]
+            infos = [info for _, info in encoded]
+        names = image_member_names([info.extension if info else "bin" for info in infos])
+        document = {
+            "id": batch.ids[index],
+            "conversations": checked.conversations if checked.conversations is not None
+            else batch.conversations[index],
+            **batch.extras[index],
+            "images": [{"member": name, "format": info.format if info else None,
+                        "width": info.width if info else None, "height": info.height if info else None}
+                       for name, info in zip(names, infos)],
+            "source": {"file": batch.file, "row": batch.first_row + index},
+        }
+        if checked.problem is not None:
+            document["invalid"] = {"reason": checked.problem.reason, "detail": checked.problem.detail}
+        # An empty image (kept with --on-invalid keep) has no member; the JSON still lists it.
+        empty = [isinstance(c, Problem) and c.reason == "image_empty" for c in image_checks]
+        members = {name: data for name, data, is_empty in zip(names, images, empty) if not is_empty}
+        members["json"] = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        return members

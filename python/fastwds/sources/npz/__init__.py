@@ -1,0 +1,155 @@
+"""NPZ volumes (CT-RATE style) plus CSV tables keyed by ``VolumeName``: float16 WebDataset samples.
+
+``plan.py`` finds the volumes and joins the CSVs' key columns; ``convert.py`` reads each volume in
+chunks into float16 and writes ``KEY.npy`` (or ``KEY.npy.zst``), ``KEY.json`` and
+``KEY.labels.npy``. The run ends with ``volumes.jsonl`` (one line of statistics per volume) and the
+CSV rows without volumes added to ``rejects.jsonl``. The seed script's flag names
+(``--data_folder``, ``--reports_file``, ``--meta_file``, ``--labels_file``, ``--output_dir``,
+``--samples_per_shard``, ``--num_workers``, ``--test_mode``) work as well as the dashed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastwds.convert.options import ConvertOptions
+from fastwds.convert.plan import Plan, Task
+from fastwds.sources.base import Finish, Source, SourceJob, positional_or_flag
+from fastwds.sources.npz.convert import LABELS_MEMBER, VolumeConverter, read_task, summarize
+from fastwds.sources.npz.plan import ON_OVERFLOW, NpzOptions, NpzPlan, find_volumes, plan_npz, volume_key
+
+__all__ = ["SOURCE", "NpzInputs", "NpzOptions", "find_volumes", "plan_npz", "volume_key"]
+
+TEST_MODE_VOLUMES = 100
+VOLUMES_FILE = "volumes.jsonl"
+
+DESCRIPTION = """Convert NPZ volumes plus CSV tables (reports, metadata, labels) keyed by VolumeName
+into float16 WebDataset shards. Volumes are found as DATA/*.npz, DATA/PATIENT/*.npz or
+DATA/PATIENT/ACCESSION/*.npz. Each sample: KEY.npy (float16 volume, or KEY.npy.zst with
+--compress zstd), KEY.json (report, metadata, labels, float16 precision statistics) and
+KEY.labels.npy (float32 label vector, column order in manifest.json stats.labels)."""
+
+
+@dataclass(frozen=True)
+class NpzInputs:
+    data_folder: str
+    strict: bool = False  # fail at plan time on volumes without CSV rows and CSV rows without volumes
+
+
+def _absolute(path: str | None) -> str | None:
+    """CSV paths are options a resumed run must repeat: absolute, so the spelling cannot differ."""
+    return os.path.abspath(path) if path else None
+
+
+class NpzSource(Source):
+    name = "npz"
+    help = "NPZ volumes + CSV reports/metadata/labels -> float16 shards"
+    description = DESCRIPTION
+    has_images = False
+    # 100 float16 CT-RATE volumes (1x240x480x480) are ~11 GB: the byte cap must not cut them first.
+    defaults = {"max_samples_per_shard": 100, "max_shard_bytes": 16 * 10**9}
+    # One volume per batch and queues one deep: memory stays at a few volumes per worker (see
+    # sources/npz/convert.py). The image thread pool has nothing to do here.
+    execution = {"batch_rows": 1, "queue_batches": 1, "image_threads": 1}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("data_folder", nargs="?", help="folder of .npz volumes")
+        parser.add_argument("output_dir", nargs="?", help="folder for the shards")
+        parser.add_argument("--data_folder", "--data-folder", dest="data_folder_flag", help=argparse.SUPPRESS)
+        parser.add_argument("--output_dir", "--output-dir", dest="output_dir_flag", help=argparse.SUPPRESS)
+        parser.add_argument("--reports", "--reports_file", "--reports-file", metavar="CSV",
+                            help="reports CSV (text columns go to the sample JSON under 'report')")
+        parser.add_argument("--meta", "--meta_file", "--meta-file", "--metadata", metavar="CSV",
+                            help="metadata CSV (JSON 'metadata')")
+        parser.add_argument("--labels", "--labels_file", "--labels-file", metavar="CSV",
+                            help="multi-label CSV: every column but the key is a numeric label")
+        parser.add_argument("--key-column", "--key_column", default="VolumeName",
+                            help="the CSVs' key column (default VolumeName); 'x.nii.gz' matches x.npz")
+        parser.add_argument("--array", default=None, help="name of the array inside each .npz (default: the only one)")
+        parser.add_argument("--samples_per_shard", "--samples-per-shard", type=int, dest="max_samples_per_shard",
+                            metavar="N", help=argparse.SUPPRESS)
+        parser.add_argument("--on-overflow", "--on_overflow", choices=ON_OVERFLOW, default="skip",
+                            help="volumes with NaN, inf or values beyond float16's +-65504: skip (default; listed "
+                                 "in rejects.jsonl), clip (NaN -> 0, others -> +-65504, counted per volume) or fail")
+        parser.add_argument("--compress", choices=("zstd",), default=None,
+                            help="store volumes as KEY.npy.zst (fastwds.WebDataset and HF datasets decompress it)")
+        parser.add_argument("--zstd-level", "--zstd_level", type=int, default=3, help="zstd level (default 3)")
+        parser.add_argument("--strict", action="store_true",
+                            help="fail when anything would go to rejects.jsonl: volumes without CSV rows and CSV "
+                                 "rows without volumes (checked before converting), then any rejected volume")
+        parser.add_argument("--test_mode", "--test-mode", action="store_true",
+                            help=f"convert the first {TEST_MODE_VOLUMES} volumes only")
+
+    def configure(self, args: argparse.Namespace) -> SourceJob:
+        npz = NpzOptions(reports=_absolute(args.reports), meta=_absolute(args.meta), labels=_absolute(args.labels),
+                         key_column=args.key_column, array=args.array, on_overflow=args.on_overflow,
+                         compress=args.compress, zstd_level=args.zstd_level)
+        overrides: dict[str, Any] = {}
+        if args.test_mode:
+            overrides["limit"] = min(args.limit, TEST_MODE_VOLUMES) if args.limit is not None else TEST_MODE_VOLUMES
+        if args.strict:
+            overrides["on_invalid"] = "fail"
+        inputs = NpzInputs(positional_or_flag(args, "data_folder"), args.strict)
+        return SourceJob(inputs, positional_or_flag(args, "output_dir"), npz, overrides)
+
+    def plan(self, inputs: Any, options: ConvertOptions) -> Plan:
+        if not isinstance(inputs, NpzInputs):
+            inputs = NpzInputs(os.fspath(inputs))
+        return plan_npz(inputs.data_folder, options.source_options, options.max_samples_per_shard,
+                        options.max_shard_bytes, options.limit, strict=inputs.strict)
+
+    def read_task(self, root: str, task: Task, options: ConvertOptions):
+        return read_task(root, task, options)
+
+    def make_converter(self, task: Task, options: ConvertOptions, executor: ThreadPoolExecutor) -> VolumeConverter:
+        return VolumeConverter(task, options)
+
+    def finish(self, output_dir: Path, plan: Plan, options: ConvertOptions, records: list[dict],
+               staging: Path) -> Finish:
+        """What only the whole run knows: CSV rows without volumes (rejects), sizes and float16
+        precision over all volumes, the label columns, and ``volumes.jsonl``."""
+        assert isinstance(plan, NpzPlan)
+        npz: NpzOptions = options.source_options
+        stats = summarize(records)
+        rejects = [{"subset": "csv", "file": path, "row": row, "id": name, "reason": reason, "detail": detail,
+                    "action": "ignored"} for path, row, name, reason, detail in plan.csv_rejects]
+        by_reason: dict[str, int] = {}
+        for _, _, _, reason, _ in plan.csv_rejects:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+        stats["csv"] = {"tables": {section: path for section, path in npz.tables()},
+                        "key_column": npz.key_column, "rows_ignored": len(plan.csv_rejects),
+                        "rows_ignored_by_reason": dict(sorted(by_reason.items()))}
+        if plan.label_columns:
+            stats["labels"] = {"member": LABELS_MEMBER, "dtype": "float32", "columns": list(plan.label_columns)}
+        lines = [json.dumps(v, ensure_ascii=False) + "\n" for record in records for v in record["stats"]["volumes"]]
+        (staging / VOLUMES_FILE).write_text("".join(lines), encoding="utf-8")
+        stats["volumes_file"] = VOLUMES_FILE
+        return Finish(stats=stats, rejects=rejects, files=[VOLUMES_FILE])
+
+    def summary(self, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+        stats = manifest["stats"]
+        sizes, precision, csv = stats["bytes"], stats["precision"], stats["csv"]
+        rows = [("input (npz)", f"{sizes['input_written'] / 1e6:,.1f} MB of volumes written"),
+                ("output (shards)", f"{sizes['output'] / 1e6:,.1f} MB"
+                 + (f" ({sizes['compression_ratio']:.2f}x smaller, {sizes['space_saved_fraction']:.0%} saved)"
+                    if sizes["compression_ratio"] else ""))]
+        if precision["max_abs_error"] is not None:
+            rows.append(("float16 error", f"max {precision['max_abs_error']:.3g} "
+                                          f"({precision['max_abs_error_volume']}), RMSE {precision['rmse']:.3g}"))
+        problems = [f"{precision[n]:,} {n}" for n in ("nan", "posinf", "neginf", "overflow", "clipped") if precision[n]]
+        if problems:
+            rows.append(("non-finite/overflow", ", ".join(problems)))
+        if csv["rows_ignored"]:
+            rows.append(("CSV rows ignored", ", ".join(f"{n:,} {r}" for r, n in csv["rows_ignored_by_reason"].items())
+                         + " (in rejects.jsonl)"))
+        rows.append(("per volume", stats["volumes_file"]))
+        return rows
+
+
+SOURCE = NpzSource()

@@ -1,0 +1,177 @@
+"""Planning an NPZ conversion: volume files found in the three CT-RATE layouts, CSV tables joined
+by ``VolumeName`` (their key columns only), rows without volumes and volumes without rows found
+before anything is converted. One task per shard of up to ``--samples-per-shard`` volumes."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
+from fastwds.errors import InvalidInputError
+from fastwds.paths import safe_name
+
+ON_OVERFLOW = ("skip", "clip", "fail")
+LAYOUTS = ("DATA/*.npz", "DATA/PATIENT/*.npz", "DATA/PATIENT/ACCESSION/*.npz")
+# Suffixes a key column may carry that the volume file name does not.
+KEY_SUFFIX = re.compile(r"(\.nii\.gz|\.nii|\.npz|\.npy)$", re.IGNORECASE)
+# Helper columns added to the CSV frames; named so no real CSV column collides with them.
+ROW_COLUMN, KEY_COLUMN = "__fastwds_row__", "__fastwds_key__"
+
+
+@dataclass(frozen=True)
+class NpzOptions:
+    reports: str | None = None  # absolute paths (resolved by the CLI)
+    meta: str | None = None
+    labels: str | None = None
+    key_column: str = "VolumeName"
+    array: str | None = None  # the npz member to convert; None: the only one
+    on_overflow: Literal["skip", "clip", "fail"] = "skip"
+    compress: Literal["zstd"] | None = None
+    zstd_level: int = 3
+
+    def tables(self) -> list[tuple[str, str]]:
+        """``[(JSON section, CSV path)]`` of the CSVs given."""
+        return [(section, path) for section, path in
+                (("report", self.reports), ("metadata", self.meta), ("labels", self.labels)) if path]
+
+
+@dataclass(frozen=True)
+class NpzPlan(Plan):
+    # CSV rows that match no volume, or repeat a volume's row: (csv, row, key value, reason, detail).
+    csv_rejects: tuple[tuple[str, int, str | None, str, str], ...] = ()
+    label_columns: tuple[str, ...] = ()
+
+
+def volume_key(name: str) -> str:
+    """``train_1_a_1.nii.gz`` -> ``train_1_a_1``: what a key column value and a file name share."""
+    return KEY_SUFFIX.sub("", os.path.basename(name))
+
+
+def find_volumes(root: Path) -> list[str]:
+    """Volume files relative to ``root`` (``/`` separated, sorted), at depth 0, 1 or 2."""
+    if not root.is_dir():
+        raise InvalidInputError(f"{root}: data folder not found")
+    found = []
+    for directory, dirnames, filenames in os.walk(root):
+        relative = Path(directory).relative_to(root)
+        if len(relative.parts) >= 2:
+            dirnames.clear()  # PATIENT/ACCESSION is the deepest layout
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [(relative / f).as_posix() for f in filenames if f.endswith(".npz") and not f.startswith(".")]
+    if not found:
+        tried = ", ".join(layout.replace("DATA", str(root)) for layout in LAYOUTS)
+        raise InvalidInputError(f"{root}: no .npz files found (looked for {tried})")
+    return sorted(found)
+
+
+def scan_csv(path: str, key_column: str, infer: bool) -> pl.LazyFrame:
+    """The CSV with its key column checked. ``infer`` types the other columns from the whole file
+    (a late float or text value cannot break the read); else every column is text."""
+    try:
+        if infer:
+            frame = pl.scan_csv(path, infer_schema_length=None, schema_overrides={key_column: pl.String})
+        else:
+            frame = pl.scan_csv(path, infer_schema=False)
+        names = frame.collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise InvalidInputError(f"{path}: not a readable CSV file: {error}") from None
+    if key_column not in names:
+        raise InvalidInputError(f"{path}: no column {key_column!r} (columns: {', '.join(names)}); "
+                                "name the key column with --key-column")
+    return frame.with_row_index(ROW_COLUMN).with_columns(
+        pl.col(key_column).str.replace("(?i)" + KEY_SUFFIX.pattern, "").str.replace(r"^.*/", "").alias(KEY_COLUMN))
+
+
+def _label_columns(path: str, key_column: str) -> tuple[str, ...]:
+    """The label columns, checked to be numbers (or true/false) in every row."""
+    try:
+        frame = scan_csv(path, key_column, infer=True).collect()
+    except pl.exceptions.PolarsError as error:
+        raise InvalidInputError(f"{path}: not a readable CSV file: {error}") from None
+    columns = [c for c in frame.columns if c not in (key_column, ROW_COLUMN, KEY_COLUMN)]
+    for column in columns:
+        dtype = frame.schema[column]
+        if not (dtype.is_numeric() or dtype in (pl.Boolean, pl.Null)):
+            bad = frame.filter(pl.col(column).is_not_null() & pl.col(column).cast(pl.Float64, strict=False).is_null())
+            example = f" (row {bad[ROW_COLUMN][0]}: {bad[column][0]!r})" if bad.height else ""
+            raise InvalidInputError(f"{path}: label column {column!r} is not numeric{example}")
+    return tuple(columns)
+
+
+def plan_npz(data_folder: str | os.PathLike, options: NpzOptions, max_rows: int, max_bytes: int,
+             limit: int | None = None, strict: bool = False) -> NpzPlan:
+    """One task per shard of up to ``max_rows`` volumes. Reads file sizes and the CSVs' key
+    columns only; volumes are opened when converted."""
+    root = Path(data_folder)
+    volumes = find_volumes(root)
+    files = []
+    for relative in volumes:
+        stat = (root / relative).stat()
+        files.append(SourceFile(relative, stat.st_size, stat.st_mtime_ns, 1))
+    keys = pl.DataFrame({KEY_COLUMN: [volume_key(v) for v in volumes]})
+    chosen = files[:limit]  # a copy: the CSVs join `files` below
+
+    csv_rejects: list[tuple[str, int, str | None, str, str]] = []
+    missing: dict[str, list[str]] = {}  # volume file -> CSVs without its row
+    for _, path in options.tables():
+        table = scan_csv(path, options.key_column, infer=False).select(
+            ROW_COLUMN, pl.col(options.key_column).alias("name"), KEY_COLUMN).collect()
+        stat = os.stat(path)
+        files.append(SourceFile(path, stat.st_size, stat.st_mtime_ns, table.height))
+        repeated = table.filter(pl.col(KEY_COLUMN).is_not_null() & pl.col(KEY_COLUMN).is_duplicated()
+                                & (pl.col(ROW_COLUMN) != pl.col(ROW_COLUMN).min().over(KEY_COLUMN)))
+        first_rows = dict(table.group_by(KEY_COLUMN).agg(pl.col(ROW_COLUMN).min()).iter_rows())
+        for row, name, key in repeated.iter_rows():
+            csv_rejects.append((path, row, name, "duplicate_csv_row",
+                                f"{options.key_column} {name!r} already in row {first_rows[key]}; the first row is used"))
+        orphans = table.join(keys, on=KEY_COLUMN, how="anti", nulls_equal=False)
+        for row, name, _ in orphans.sort(ROW_COLUMN).iter_rows():
+            detail = (f"no volume file {volume_key(name)}.npz under {root}" if name
+                      else f"empty {options.key_column}")
+            csv_rejects.append((path, row, name, "csv_row_without_volume", detail))
+        present = set(table[KEY_COLUMN].drop_nulls().to_list())
+        for volume in chosen:
+            if volume_key(volume.path) not in present:
+                missing.setdefault(volume.path, []).append(path)
+    csv_rejects.sort()
+    if strict and (missing or csv_rejects):
+        raise InvalidInputError(_strict_message(missing, csv_rejects))
+
+    labels = _label_columns(options.labels, options.key_column) if options.labels else ()
+    rejected: dict[str, tuple[str, str]] = {
+        file: ("missing_csv_row", "no row in " + ", ".join(paths)) for file, paths in missing.items()}
+    repeated_ids = find_repeated_keys(pl.Series([volume_key(f.path) for f in chosen]))
+    for position, (reason, detail, first) in repeated_ids.items():
+        rejected[chosen[position].path] = (reason, f"{detail} ({chosen[first].path})")
+    # float16 halves a stored float32 npz; the writer's byte cap holds whatever the estimate.
+    groups = [RowGroup(f.path, 0, 1, f.size // 2) for f in chosen]
+    tasks = []
+    for task in cut_tasks(_subset(root), groups, max_rows, max_bytes):
+        known = tuple((offset, *rejected[piece.file]) for offset, piece in enumerate(task.slices)
+                      if piece.file in rejected)
+        tasks.append(Task(task.subset, task.number, task.slices, known))
+    return NpzPlan("npz", str(root.resolve()), tuple(files), tuple(tasks), tuple(csv_rejects), labels)
+
+
+def _subset(root: Path) -> str:
+    """Shard names start with the data folder's name, made file-name safe."""
+    return safe_name(root.resolve().name, "volumes")
+
+
+def _strict_message(missing: dict[str, list[str]], csv_rejects: list[tuple]) -> str:
+    parts = []
+    if missing:
+        examples = "; ".join(f"{file} (no row in {', '.join(map(os.path.basename, paths))})"
+                             for file, paths in list(missing.items())[:3])
+        parts.append(f"{len(missing)} volume(s) without CSV rows, e.g. {examples}")
+    if csv_rejects:
+        examples = "; ".join(f"{os.path.basename(path)} row {row} {name!r}: {reason}"
+                             for path, row, name, reason, _ in csv_rejects[:3])
+        parts.append(f"{len(csv_rejects)} CSV row(s) without a volume or repeated, e.g. {examples}")
+    return "--strict: " + "; ".join(parts) + " (without --strict these are listed in rejects.jsonl)"

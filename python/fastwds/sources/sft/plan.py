@@ -1,0 +1,121 @@
+"""Planning an SFT conversion: every input file parsed once, for the byte range of each row, the
+ids (duplicates are found across the whole dataset) and the rows that cannot be samples at all."""
+
+from __future__ import annotations
+
+import os
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import polars as pl
+
+from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
+from fastwds.energon import check_sample_type, parse_split_ratio
+from fastwds.errors import InvalidInputError
+from fastwds.paths import matching_files, safe_name
+from fastwds.reasons import Problem
+from fastwds.sources.sft.rows import MEDIA_KINDS, ByteSlice, SftOptions, derived_id, iter_rows, parse_row
+
+# Rows whose media sizes are looked up at plan time to estimate bytes per row (task sizing).
+SIZE_SAMPLE_ROWS = 64
+
+
+def expand_inputs(data: list[str]) -> list[Path]:
+    """Files and globs, in the order given (globs sorted), each file once."""
+    files = [path for item in data for path in matching_files(item)]
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    if not unique:
+        raise InvalidInputError("no input files given")
+    return unique
+
+
+def subset_name(files: list[Path], root: Path) -> str:
+    """Shards are named after the one input file, or the folder of several."""
+    return safe_name(files[0].stem if len(files) == 1 else root.name)
+
+
+def resolve_media(path: str, json_dir: Path, media_root: str | None) -> str:
+    return os.path.join(media_root if media_root is not None else json_dir, path)
+
+
+def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int, limit: int | None = None) -> Plan:
+    if options.media not in MEDIA_KINDS:
+        raise InvalidInputError(f"--media must be image or video, not {options.media!r}")
+    if options.energon:  # bad Energon options fail now, not after the conversion
+        parse_split_ratio(options.split_ratio)
+        check_sample_type(options.sample_type)
+    files = expand_inputs(data)
+    root = Path(os.path.commonpath([f.parent for f in files]))
+    sources, groups, rejected, ids = [], [], {}, []
+    offsets: dict[str, tuple[array, array]] = {}
+    size_sample: list[tuple[Path, int, list[str]]] = []  # (json dir, row bytes, media paths)
+    position = 0  # row number across all files
+    for path in files:
+        relative = path.relative_to(root).as_posix()
+        starts, stops = array("q"), array("q")
+        rows = iter_rows(path) if limit is None or position < limit else iter(())
+        for byte_start, byte_stop, value in rows:
+            if limit is not None and position >= limit:
+                break
+            row = parse_row(value, options.media)
+            if isinstance(row, Problem):
+                rejected[position] = (row.reason, row.detail)
+                ids.append(None)
+            else:
+                ids.append(row.id if row.id is not None else derived_id(relative, len(starts)))
+                if position % 128 == 0:
+                    size_sample.append((path.parent, byte_stop - byte_start, row.paths))
+            starts.append(byte_start)
+            stops.append(byte_stop)
+            position += 1
+        stat = path.stat()
+        sources.append(SourceFile(relative, stat.st_size, stat.st_mtime_ns, len(starts)))
+        offsets[relative] = (starts, stops)
+        if starts:
+            groups.append(RowGroup(relative, 0, len(starts), 0))
+    per_row = estimate_row_bytes(size_sample, options.media_root)
+    groups = [RowGroup(g.file, g.first_row, g.rows, int(g.rows * per_row)) for g in groups]
+    tasks = cut_tasks(subset_name(files, root), groups, max_rows, max_bytes)
+    for position, (reason, detail, _) in find_repeated_keys(pl.Series(ids, dtype=pl.String)).items():
+        rejected[position] = (reason, detail)
+    return Plan("sft", str(root), tuple(sources), attach(tasks, offsets, rejected))
+
+
+def estimate_row_bytes(size_sample: list[tuple[Path, int, list[str]]], media_root: str | None) -> float:
+    """Average bytes per row from the media sizes of up to ``SIZE_SAMPLE_ROWS`` rows spread over
+    the input, so tasks of large media (videos) stay near the shard size. The writer's hard
+    cap still holds when the estimate is off; missing files are found later, per row."""
+    step = max(1, len(size_sample) // SIZE_SAMPLE_ROWS)
+    chosen = size_sample[::step][:SIZE_SAMPLE_ROWS]
+    if not chosen:
+        return 0.0
+    paths = [resolve_media(p, json_dir, media_root) for json_dir, _, row_paths in chosen for p in row_paths]
+
+    def size(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return 0
+
+    with ThreadPoolExecutor(16) as pool:
+        media_bytes = sum(pool.map(size, paths))
+    return (media_bytes + sum(row_bytes for _, row_bytes, _ in chosen)) / len(chosen)
+
+
+def attach(tasks: list[Task], offsets: dict[str, tuple[array, array]],
+           rejected: dict[int, tuple[str, str]]) -> tuple[Task, ...]:
+    """Give each task its slices' byte ranges and the rows of it rejected at plan time."""
+    result, task_start, next_reject = [], 0, 0
+    ordered = sorted(rejected.items())
+    for task in tasks:
+        slices = tuple(ByteSlice(s.file, s.start, s.stop, offsets[s.file][0][s.start], offsets[s.file][1][s.stop - 1])
+                       for s in task.slices)
+        task_stop, rows = task_start + task.num_rows, []
+        while next_reject < len(ordered) and ordered[next_reject][0] < task_stop:
+            position, (reason, detail) = ordered[next_reject]
+            rows.append((position - task_start, reason, detail))
+            next_reject += 1
+        result.append(Task(task.subset, task.number, slices, tuple(rows)))
+        task_start = task_stop
+    return tuple(result)

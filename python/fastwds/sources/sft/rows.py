@@ -1,0 +1,192 @@
+"""SFT JSON / JSONL rows: reading a file as rows with the bytes each occupies (so a task later reads
+only its own part of a large file), and what a row must hold to be a sample: ``{id?,
+image|images|video|videos, messages|conversations}`` with media given as file paths."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastwds.convert.plan import RowSlice
+from fastwds.energon import DEFAULT_SAMPLE_TYPE
+from fastwds.errors import InvalidInputError
+from fastwds.reasons import Problem
+
+MEDIA_KINDS = ("image", "video")
+MEDIA_KEYS = {"image": ("image", "images"), "video": ("video", "videos")}
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_BOM = b"\xef\xbb\xbf"
+
+
+
+@dataclass(frozen=True)
+class SftOptions:
+    media: str = "image"  # "image" or "video": which keys hold the media and which token counts
+    media_root: str | None = None  # media paths are relative to this, else to their JSON file
+    energon: bool = True  # write .nv-meta/ for Megatron-Energon
+    # Train,val,test shares of the shards, as `energon prepare --split-ratio` takes them. A string:
+    # options are compared with their JSON form when resuming, where a tuple would come back a list.
+    split_ratio: str = "1,0,0"
+    sample_type: str = DEFAULT_SAMPLE_TYPE  # Energon sample type named in dataset.yaml
+
+
+@dataclass(frozen=True)
+class ByteSlice(RowSlice):
+    """Rows ``[start, stop)`` of a JSON file and the bytes ``[byte_start, byte_stop)`` they occupy."""
+
+    byte_start: int = 0
+    byte_stop: int = 0
+
+
+@dataclass
+class SftRow:
+    id: str | None  # as given (None when absent: a deterministic one is derived)
+    turns: Any
+    paths: list[str]
+
+
+def parse_row(value: Any, media: str) -> SftRow | Problem:
+    """The id, turns and media paths of one input row, or why it cannot be a sample."""
+    if isinstance(value, Problem):
+        return value
+    if not isinstance(value, dict):
+        return Problem("bad_sample", f"the row is a JSON {type(value).__name__}, not an object")
+    other = MEDIA_KINDS[1 - MEDIA_KINDS.index(media)]
+    for key in MEDIA_KEYS[other]:
+        if value.get(key) not in (None, "", []):
+            return Problem("media_kind_mismatch", f"the row has {key!r} but --media is {media}")
+    present = [key for key in MEDIA_KEYS[media] if value.get(key) not in (None, "", [])]
+    if len(present) > 1:
+        return Problem("bad_sample", f"the row has both {present[0]!r} and {present[1]!r}")
+    paths = []
+    if present:
+        given = value[present[0]]
+        for item in given if isinstance(given, list) else [given]:
+            if not isinstance(item, str) or not item:
+                return Problem("bad_sample", f"{present[0]!r} holds {item!r}, not a file path")
+            paths.append(item)
+    turns = value.get("messages") if value.get("messages") is not None else value.get("conversations")
+    return SftRow(given_id(value), turns, paths)
+
+
+def given_id(value: Any) -> str | None:
+    sample_id = value.get("id") if isinstance(value, dict) else None
+    return None if sample_id is None or sample_id == "" else str(sample_id)
+
+
+def derived_id(file: str, row: int) -> str:
+    """Id of a row without one: ``<file path without extension>-<row>``, '/' as '__'."""
+    return f"{Path(file).with_suffix('').as_posix().replace('/', '__')}-{row}"
+
+
+def is_json_array(path: Path) -> bool:
+    """A file is a JSON array when it starts with '['; otherwise it is JSON Lines."""
+    with open(path, "rb") as file:
+        head = file.read(4096).removeprefix(_BOM).lstrip()
+    return head.startswith(b"[")
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, int, Any]]:
+    """``(byte_start, byte_stop, value)`` per row; ``value`` is a ``Problem`` for a JSONL line
+    that does not parse. A JSON array that does not parse is an error for the whole file."""
+    if is_json_array(path):
+        yield from _iter_array(path)
+        return
+    if path.suffix.lower() == ".json":
+        _refuse_wrapped_samples(path)
+    yield from _iter_lines(path)
+
+
+def _refuse_wrapped_samples(path: Path) -> None:
+    """A ``.json`` file holding one object that is not itself a sample (``{"data": [...]}``) would
+    otherwise become a rejected row per line: say what it is instead."""
+    try:
+        value = json.loads(path.read_bytes())
+    except ValueError:  # several values: JSON Lines with a .json name
+        return
+    if isinstance(value, dict) and not {"messages", "conversations"} & value.keys():
+        raise InvalidInputError(f"{path}: a JSON object with keys {sorted(value)[:5]}, not a list of samples; "
+                                "give a JSON array or JSON Lines")
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[int, int, Any]]:
+    with open(path, "rb") as file:
+        offset = 0
+        for number, line in enumerate(file, 1):
+            start, offset = offset, offset + len(line)
+            if number == 1 and line.startswith(_BOM):
+                line, start = line[len(_BOM):], start + len(_BOM)
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as error:
+                value = Problem("bad_json", f"line {number}: {error}")
+            yield start, offset, value
+
+
+def _iter_array(path: Path) -> Iterator[tuple[int, int, Any]]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"{path}: not UTF-8 text ({error})") from None
+    # Offsets in the text are characters; tasks seek by bytes. Convert incrementally (cheap when ASCII).
+    bom = len(raw) - len(raw.removeprefix(_BOM))
+    ascii_only = raw.isascii()
+    del raw
+    last_char, last_byte = 0, bom
+
+    def to_byte(char: int) -> int:
+        nonlocal last_char, last_byte
+        if ascii_only:
+            return char + bom
+        last_byte += len(text[last_char:char].encode("utf-8"))
+        last_char = char
+        return last_byte
+
+    decoder = json.JSONDecoder()
+    position = _WHITESPACE.match(text, 1 + _WHITESPACE.match(text).end()).end()
+    if text[position:position + 1] == "]":
+        return
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            raise InvalidInputError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: "
+                                    f"{error.msg}") from None
+        yield to_byte(position), to_byte(end), value
+        position = _WHITESPACE.match(text, end).end()
+        separator = text[position:position + 1]
+        if separator == "]":
+            break
+        if separator != ",":
+            line = text.count("\n", 0, position) + 1
+            raise InvalidInputError(f"{path}: invalid JSON at line {line}: expected ',' or ']' between rows")
+        position = _WHITESPACE.match(text, position + 1).end()
+    if text[position + 1:].strip():
+        raise InvalidInputError(f"{path}: unexpected text after the closing ']'")
+
+
+def read_slice(path: Path, piece: ByteSlice, array_file: bool) -> list[Any]:
+    """The rows of one slice, reading only its bytes; unparseable JSONL lines become None."""
+    with open(path, "rb") as file:
+        file.seek(piece.byte_start)
+        data = file.read(piece.byte_stop - piece.byte_start)
+    if array_file:
+        rows = json.loads(b"[" + data + b"]")
+    else:
+        rows = []
+        for line in data.split(b"\n"):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    rows.append(None)  # rejected at plan time as bad_json
+    if len(rows) != piece.stop - piece.start:
+        raise InvalidInputError(f"{path}: changed since the plan (rows {piece.start}-{piece.stop} moved)")
+    return rows
