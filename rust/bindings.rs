@@ -6,6 +6,7 @@ use pyo3::exceptions::{PyFileExistsError, PyIndexError, PyOSError, PyValueError}
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 
+use crate::arrow::BinaryLayout;
 use crate::error::Error;
 use crate::key;
 use crate::media;
@@ -27,7 +28,7 @@ impl From<Error> for PyErr {
             },
             Error::ShardExists { path } => PyFileExistsError::new_err((17, message, path.display().to_string())),
             Error::InvalidPattern { .. } => ShardPatternError::new_err(message),
-            Error::Closed => WriterClosedError::new_err(message),
+            Error::Closed | Error::Failed { .. } => WriterClosedError::new_err(message),
             _ => {
                 let py_err = match err {
                     Error::DuplicateKey { .. } => DuplicateKeyError::new_err(message),
@@ -44,34 +45,44 @@ impl From<Error> for PyErr {
 
 /// The values of an Arrow binary (or large binary) array, read in place: the data buffer is held
 /// through the buffer protocol, so image bytes go from pyarrow's memory to the shard without
-/// ever becoming Python `bytes`. Offsets and validity are decoded once, at construction.
+/// ever becoming Python `bytes`. Offsets and validity are decoded once, at construction
+/// (`arrow::BinaryLayout`).
 #[pyclass(module = "fastwds._core", name = "BinaryColumn", frozen)]
 pub struct BinaryColumn {
-    // Untyped: pyarrow exports its buffers as signed chars ("b"); only the bytes matter here.
-    data: PyUntypedBuffer,
-    /// `len + 1` offsets into `data`.
-    offsets: Vec<usize>,
-    valid: Option<Vec<bool>>,
+    data: ColumnData,
+    layout: BinaryLayout,
+}
+
+/// The bytes a column's values live in. The writer reads them with the GIL released, so they
+/// must not change meanwhile: a read-only buffer (pyarrow's are immutable) is held as it is; a
+/// writable one (a bytearray, a numpy array) is copied, since another thread could change it
+/// while a shard is being written.
+enum ColumnData {
+    Shared(PyUntypedBuffer),
+    Owned(Box<[u8]>),
+}
+
+impl ColumnData {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ColumnData::Shared(buffer) => buffer_bytes(buffer),
+            ColumnData::Owned(bytes) => bytes,
+        }
+    }
 }
 
 /// The bytes of a contiguous buffer.
 fn buffer_bytes(buffer: &PyUntypedBuffer) -> &[u8] {
     // SAFETY: only called on buffers checked to be C-contiguous; holding the `PyUntypedBuffer`
-    // keeps its exporter (an immutable Arrow buffer) alive and unchanged while the slice is used.
+    // keeps its exporter alive. Buffers read after the GIL is released are read-only ones
+    // (see `ColumnData`), so nothing changes them while the slice is used.
     unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) }
 }
 
 impl BinaryColumn {
-    fn bytes(&self) -> &[u8] {
-        buffer_bytes(&self.data)
-    }
-
     /// Value `i`, or None when it is null.
     fn value(&self, i: usize) -> Option<&[u8]> {
-        if self.valid.as_ref().is_some_and(|v| !v[i]) {
-            return None;
-        }
-        Some(&self.bytes()[self.offsets[i]..self.offsets[i + 1]])
+        self.layout.value(self.data.bytes(), i)
     }
 }
 
@@ -91,33 +102,16 @@ impl BinaryColumn {
     #[pyo3(signature = (data, offsets, validity, offset, length, large))]
     fn new(data: &Bound<'_, PyAny>, offsets: &Bound<'_, PyAny>, validity: Option<&Bound<'_, PyAny>>, offset: usize, length: usize, large: bool) -> PyResult<Self> {
         let data = contiguous_buffer(data, "data")?;
-        let offsets_buffer = contiguous_buffer(offsets, "offsets")?;
-        let raw = buffer_bytes(&offsets_buffer);
-        let width = if large { 8 } else { 4 };
-        if raw.len() < (offset + length + 1) * width {
-            return Err(PyValueError::new_err("offsets buffer is shorter than offset + length + 1 entries"));
-        }
-        let read = |i: usize| -> usize {
-            let at = &raw[i * width..(i + 1) * width];
-            if large { i64::from_le_bytes(at.try_into().unwrap()) as usize } else { i32::from_le_bytes(at.try_into().unwrap()) as usize }
-        };
-        let offsets: Vec<usize> = (offset..offset + length + 1).map(read).collect();
-        if offsets.windows(2).any(|w| w[0] > w[1]) || offsets.last().is_some_and(|&end| end > data.len_bytes()) {
-            return Err(PyValueError::new_err("offsets are not increasing or point past the data buffer"));
-        }
-        let valid = match validity {
-            None => None,
-            Some(bits) => {
-                let bits_buffer = contiguous_buffer(bits, "validity")?;
-                let bits = buffer_bytes(&bits_buffer);
-                Some((offset..offset + length).map(|i| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)).collect())
-            }
-        };
-        Ok(Self { data, offsets, valid })
+        let offsets = contiguous_buffer(offsets, "offsets")?;
+        let validity = validity.map(|bits| contiguous_buffer(bits, "validity")).transpose()?;
+        let layout = BinaryLayout::parse(buffer_bytes(&offsets), validity.as_ref().map(buffer_bytes), offset, length, large, data.len_bytes())
+            .map_err(PyValueError::new_err)?;
+        let data = if data.readonly() { ColumnData::Shared(data) } else { ColumnData::Owned(buffer_bytes(&data).into()) };
+        Ok(Self { data, layout })
     }
 
     fn __len__(&self) -> usize {
-        self.offsets.len() - 1
+        self.layout.len()
     }
 
     /// Length in bytes of value `i` (0 when null).
@@ -155,7 +149,7 @@ impl Payload {
 
     fn check_index(&self) -> PyResult<()> {
         if let Payload::Arrow((column, i)) = self {
-            let len = column.get().offsets.len() - 1;
+            let len = column.get().layout.len();
             if *i >= len {
                 return Err(PyIndexError::new_err(format!("index {i} out of range for a column of {len} values")));
             }
@@ -304,9 +298,11 @@ impl PyShardSink {
         Ok(records(py.detach(|| sink.close())?))
     }
 
-    /// Drop the open shard (its `.partial` file is deleted); finished shards stay.
-    fn abort(&mut self) {
-        self.sink.abort();
+    /// Drop the open shard (its `.partial` file is deleted); finished shards stay. Raises if a
+    /// full shard finishing in the background could not be made durable.
+    fn abort(&mut self, py: Python<'_>) -> PyResult<()> {
+        let sink = &mut self.sink;
+        Ok(py.detach(|| sink.abort())?)
     }
 }
 

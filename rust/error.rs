@@ -35,6 +35,9 @@ pub enum Error {
 
     #[error("the shard writer is closed")]
     Closed,
+
+    #[error("the shard writer failed earlier and takes no more samples ({reason}); its unfinished shard was removed")]
+    Failed { reason: String },
 }
 
 impl Error {

@@ -10,66 +10,18 @@
 //! from that thread surface at the next write, `finish_shard` or `close`.
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::thread::{self, JoinHandle};
 
 use crate::error::{Error, Result};
 use crate::hashed_file::HashedFile;
-use crate::index;
 use crate::key::{normalize_extension, portable_key};
+pub use crate::pattern::ShardPattern;
+use crate::publish::{finalize, partial_path_of};
+pub use crate::publish::PARTIAL_SUFFIX;
 use crate::tar::{self, BLOCK, END_OF_ARCHIVE, MAX_MEMBER_SIZE};
 
 const ZEROS: [u8; BLOCK as usize] = [0; BLOCK as usize];
-pub const PARTIAL_SUFFIX: &str = ".partial";
-
-/// How shards are named.
-/// - `dir/name-%06d.tar`: numbered shards (one printf-style `%d` or `%0Nd`).
-/// - `dir/name.tar` (no `%`): one shard; should the byte cap force more, they are named
-///   `name-1.tar`, `name-2.tar`, ... A converter task names its shard this way, so tasks need not
-///   know how many shards the others write.
-#[derive(Clone, Debug)]
-pub enum ShardPattern {
-    Numbered { prefix: String, width: usize, suffix: String },
-    Single { stem: String },
-}
-
-impl ShardPattern {
-    pub fn parse(pattern: &str) -> Result<Self> {
-        let bad = |reason: &str| Err(Error::InvalidPattern { pattern: pattern.to_string(), reason: reason.to_string() });
-        let Some(stem) = pattern.strip_suffix(".tar") else {
-            return bad("shards are uncompressed tar files; the pattern must end in .tar");
-        };
-        let Some(start) = pattern.find('%') else {
-            if stem.is_empty() || stem.ends_with('/') {
-                return bad("needs a file name before .tar");
-            }
-            return Ok(Self::Single { stem: stem.to_string() });
-        };
-        let rest = &pattern[start + 1..];
-        let Some(d) = rest.find('d') else { return bad("use %d (or %06d) for the shard number") };
-        let spec = &rest[..d];
-        // `%6d` would pad with spaces, which break DALI's index loading: only zero padding.
-        if !spec.bytes().all(|b| b.is_ascii_digit()) || (!spec.is_empty() && !spec.starts_with('0')) {
-            return bad("only %d and %0Nd are supported");
-        }
-        let suffix = &rest[d + 1..];
-        if suffix.contains('%') {
-            return bad("only one % field is supported");
-        }
-        let width = if spec.is_empty() { 0 } else { spec.parse().unwrap_or(0) };
-        Ok(Self::Numbered { prefix: pattern[..start].to_string(), width, suffix: suffix.to_string() })
-    }
-
-    /// Path of the `n`-th shard this writer writes (counting from `start_index`).
-    pub fn path(&self, index: u64) -> PathBuf {
-        PathBuf::from(match self {
-            Self::Numbered { prefix, width, suffix } => format!("{prefix}{index:0width$}{suffix}"),
-            Self::Single { stem } if index == 0 => format!("{stem}.tar"),
-            Self::Single { stem } => format!("{stem}-{index}.tar"),
-        })
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -180,32 +132,18 @@ pub struct ShardSink {
     finishing: Option<JoinHandle<Result<ShardRecord>>>,
     /// key -> the id it came from, when they differ (to name both ids in a collision report).
     seen_keys: HashMap<String, Option<String>>,
-    closed: bool,
+    state: State,
 }
 
-fn partial_path_of(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(PARTIAL_SUFFIX);
-    PathBuf::from(s)
-}
-
-fn sync_parent_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
-}
-
-/// Write `bytes` to `path` through a `.partial` file and a rename.
-pub fn write_file_atomically(path: &Path, bytes: &[u8], fsync: bool) -> Result<()> {
-    let partial = partial_path_of(path);
-    let mut f = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&partial, e))?;
-    if fsync {
-        f.sync_all().map_err(|e| Error::io(&partial, e))?;
-    }
-    fs::rename(&partial, path).map_err(|e| Error::io(path, e))
+/// Where a sink is in its life. Only `Open` takes samples; a failed sink remembers why, so a
+/// later `close` reports the failure instead of returning the shards finished before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    Open,
+    /// Closed by `close` or `abort`: the finished shards are complete.
+    Closed,
+    /// A write or a shard's finishing failed: the unfinished shard was dropped.
+    Failed(String),
 }
 
 /// Write the end-of-archive blocks and collect the shard's hash: every byte is written.
@@ -225,29 +163,6 @@ fn seal(mut open: OpenShard) -> Result<(File, ShardRecord)> {
     Ok((file, record))
 }
 
-/// Make a sealed shard durable and give it its final name: fsync, sidecar indexes, rename,
-/// fsync of the directory. Needs nothing but its arguments, so it can run on another thread.
-fn finalize(file: File, record: ShardRecord, partial: &Path, options: &Options) -> Result<ShardRecord> {
-    if options.fsync {
-        file.sync_all().map_err(|e| Error::io(partial, e))?;
-    }
-    drop(file);
-    if options.energon_index {
-        write_file_atomically(&index::energon_index_path(&record.path), &index::energon_tar_idx(&record), options.fsync)?;
-    }
-    if options.dali_index {
-        write_file_atomically(&index::dali_index_path(&record.path), index::dali_idx(&record).as_bytes(), options.fsync)?;
-    }
-    if !options.overwrite && record.path.exists() {
-        return Err(Error::ShardExists { path: record.path });
-    }
-    fs::rename(partial, &record.path).map_err(|e| Error::io(&record.path, e))?;
-    if options.fsync {
-        sync_parent_dir(&record.path)?;
-    }
-    Ok(record)
-}
-
 impl ShardSink {
     pub fn new(pattern: &str, options: Options) -> Result<Self> {
         let pattern = ShardPattern::parse(pattern)?;
@@ -262,7 +177,7 @@ impl ShardSink {
             finished: Vec::new(),
             finishing: None,
             seen_keys: HashMap::new(),
-            closed: false,
+            state: State::Open,
         })
     }
 
@@ -278,9 +193,7 @@ impl ShardSink {
     /// Write one sample with id `id`; members are written sorted by extension.
     /// Returns the key the sample was written under.
     pub fn write_sample(&mut self, id: &str, members: &[Member]) -> Result<String> {
-        if self.closed {
-            return Err(Error::Closed);
-        }
+        self.check_open()?;
         if self.finishing.as_ref().is_some_and(|f| f.is_finished()) {
             self.collect_finishing()?;
         }
@@ -320,13 +233,12 @@ impl ShardSink {
             }
         }
         if self.open.is_none() {
-            self.open_shard()?;
+            self.open_shard().map_err(|e| self.fail(e))?;
         }
         let result = self.append(&key, &parts, &headers, span + end_blocks > self.options.maxsize);
         if let Err(e) = result {
             // The open shard is in an unknown state: drop it, and refuse further writes.
-            self.abort();
-            return Err(e);
+            return Err(self.fail(e));
         }
         self.seen_keys.insert(key.clone(), (key != id).then(|| id.to_string()));
         // A full shard starts finishing at once rather than when the next sample comes: a
@@ -398,8 +310,39 @@ impl ShardSink {
     /// After a shard failed to finish: its `.partial` file goes and the sink takes no more writes.
     fn give_up(&mut self, partial: &Path, error: Error) -> Error {
         let _ = fs::remove_file(partial);
-        self.closed = true;
+        self.fail(error)
+    }
+
+    /// Record a failure: the open shard is dropped and the sink refuses everything but `abort`.
+    /// A shard finishing in the background is waited for (it was complete; keep it if it made it).
+    fn fail(&mut self, error: Error) -> Error {
+        self.drop_open_shard();
+        if let Some(handle) = self.finishing.take() {
+            if let Ok(Ok(record)) = handle.join() {
+                self.finished.push(record);
+            }
+        }
+        self.state = State::Failed(error.to_string());
         error
+    }
+
+    fn drop_open_shard(&mut self) {
+        if let Some(open) = self.open.take() {
+            drop(open.out);
+            let _ = fs::remove_file(&open.partial_path);
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match &self.state {
+            State::Open => Ok(()),
+            State::Closed => Err(Error::Closed),
+            State::Failed(reason) => Err(Error::Failed { reason: reason.clone() }),
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
     }
 
     /// Finish a full shard: its last bytes are written here, its fsync and rename happen on a
@@ -443,34 +386,46 @@ impl ShardSink {
                 self.finished.push(record);
                 Ok(())
             }
-            Err(e) => {
-                self.abort();
-                Err(e)
-            }
+            Err(e) => Err(self.fail(e)),
         }
     }
 
-    /// Finish the open shard and refuse further writes. Returns every finished shard.
+    /// Finish the open shard and refuse further writes. Returns every finished shard; after a
+    /// failure, the failure again (the shards finished before it are not the whole output).
     pub fn close(&mut self) -> Result<Vec<ShardRecord>> {
-        if !self.closed {
-            self.finish_shard()?;
-            self.closed = true;
+        match &self.state {
+            State::Open => {
+                self.finish_shard()?;
+                self.state = State::Closed;
+            }
+            State::Closed => {}
+            State::Failed(reason) => return Err(Error::Failed { reason: reason.clone() }),
         }
         Ok(std::mem::take(&mut self.finished))
     }
 
     /// Drop the open shard without finishing it (its `.partial` file is removed) and refuse
-    /// further writes. Finished shards stay.
-    pub fn abort(&mut self) {
-        if let Some(open) = self.open.take() {
-            drop(open.out);
-            let _ = fs::remove_file(&open.partial_path);
+    /// further writes. Finished shards stay. A full shard still finishing in the background is
+    /// waited for; if it could not be made durable, that error is returned (its samples are lost).
+    pub fn abort(&mut self) -> Result<()> {
+        self.drop_open_shard();
+        if self.state == State::Open {
+            self.state = State::Closed;
         }
-        self.closed = true;
-        // A shard finishing in the background was complete: let it finish and keep it.
-        if let Some(handle) = self.finishing.take() {
-            if let Ok(Ok(record)) = handle.join() {
+        let Some(handle) = self.finishing.take() else { return Ok(()) };
+        match handle.join() {
+            Ok(Ok(record)) => {
                 self.finished.push(record);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.state = State::Failed(e.to_string());
+                Err(e)
+            }
+            Err(_) => {
+                let e = Error::io(".", std::io::Error::other("the thread finishing a shard panicked"));
+                self.state = State::Failed(e.to_string());
+                Err(e)
             }
         }
     }
@@ -478,8 +433,11 @@ impl ShardSink {
 
 impl Drop for ShardSink {
     fn drop(&mut self) {
-        // Never leave a half-written shard behind, whatever path dropped us.
-        self.abort();
+        // Never leave a half-written shard behind, whatever path dropped us. Nobody is left to
+        // return an error to, but a shard that was lost must not go unmentioned.
+        if let Err(e) = self.abort() {
+            eprintln!("fastwds: a finished shard could not be made durable: {e}");
+        }
     }
 }
 
@@ -496,18 +454,6 @@ mod tests {
         let data = vec![7u8; size];
         for i in 0..n {
             sink.write_sample(&format!("s{i:04}"), &[Member { ext: "bin", data: &data }]).unwrap();
-        }
-    }
-
-    #[test]
-    fn pattern_parsing() {
-        assert_eq!(ShardPattern::parse("a/s-%06d.tar").unwrap().path(7), PathBuf::from("a/s-000007.tar"));
-        assert_eq!(ShardPattern::parse("s%d.tar").unwrap().path(12), PathBuf::from("s12.tar"));
-        let single = ShardPattern::parse("a/task-000003.tar").unwrap();
-        assert_eq!(single.path(0), PathBuf::from("a/task-000003.tar"));
-        assert_eq!(single.path(2), PathBuf::from("a/task-000003-2.tar"));
-        for bad in ["s-%06d.tar.gz", "s-%s.tar", "%d-%d.tar", "s-%6d.tar", "a/.tar", ".tar"] {
-            assert!(ShardPattern::parse(bad).is_err(), "{bad}");
         }
     }
 
@@ -590,7 +536,7 @@ mod tests {
         let options = Options { maxcount: 2, fsync: true, ..Options::default() };
         let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), options).unwrap();
         write_n(&mut sink, 3, 100); // shard 0 full (finishing in the background), shard 1 open
-        sink.abort();
+        sink.abort().unwrap();
         assert_eq!(sink.finished().len(), 1);
         assert!(dir.path().join("s-000.tar").exists());
         assert!(!dir.path().join("s-001.tar").exists());
@@ -654,5 +600,64 @@ mod tests {
             assert!(dir.path().join("s-000.tar.partial").exists());
         }
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn close_after_a_failure_reports_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), opts(2, u64::MAX)).unwrap();
+        write_n(&mut sink, 3, 10); // shard 0 finished, shard 1 open
+        // The next shard's name is taken by a directory: opening it fails, and so must close.
+        fs::create_dir(dir.path().join("s-002.tar.partial")).unwrap();
+        write_n_from(&mut sink, 3, 1, 10);
+        let failed = sink.write_sample("z", &[Member { ext: "bin", data: b"1" }]);
+        assert!(matches!(failed, Err(Error::Io { .. })), "{failed:?}");
+        assert!(matches!(sink.state(), State::Failed(_)));
+        assert!(matches!(sink.close(), Err(Error::Failed { .. })));
+        assert!(matches!(sink.close(), Err(Error::Failed { .. })), "a second close must not succeed either");
+        assert!(!dir.path().join("s-001.tar.partial").exists());
+    }
+
+    #[test]
+    fn an_existing_shard_and_its_index_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options { energon_index: true, ..opts(10, u64::MAX) };
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), options).unwrap();
+        write_n(&mut sink, 1, 10);
+        // Another writer finishes the same shard name first.
+        fs::write(dir.path().join("s-000.tar"), b"theirs").unwrap();
+        fs::write(dir.path().join("s-000.tar.idx"), b"their index").unwrap();
+        assert!(matches!(sink.close(), Err(Error::ShardExists { .. })));
+        assert_eq!(fs::read(dir.path().join("s-000.tar")).unwrap(), b"theirs");
+        assert_eq!(fs::read(dir.path().join("s-000.tar.idx")).unwrap(), b"their index");
+        assert!(!dir.path().join("s-000.tar.partial").exists());
+    }
+
+    #[test]
+    fn sidecars_go_when_the_shard_cannot_take_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options { energon_index: true, dali_index: true, overwrite: true, ..opts(10, u64::MAX) };
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), options).unwrap();
+        write_n(&mut sink, 1, 10);
+        // A non-empty directory where the shard should go: the rename fails.
+        fs::create_dir_all(dir.path().join("s-000.tar/inside")).unwrap();
+        assert!(matches!(sink.close(), Err(Error::Io { .. })));
+        assert!(!dir.path().join("s-000.tar.idx").exists());
+        assert!(!dir.path().join("s-000.idx").exists());
+        assert!(!dir.path().join("s-000.tar.partial").exists());
+    }
+
+    #[test]
+    fn abort_reports_a_background_shard_that_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options { maxcount: 2, fsync: true, energon_index: true, ..Options::default() };
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), options).unwrap();
+        // Shard 0's index cannot be written (a directory holds its name), in the background.
+        fs::create_dir_all(dir.path().join("s-000.tar.idx/inside")).unwrap();
+        write_n(&mut sink, 3, 10);
+        assert!(matches!(sink.abort(), Err(Error::Io { .. })));
+        assert!(matches!(sink.close(), Err(Error::Failed { .. })));
+        assert!(!dir.path().join("s-000.tar").exists());
+        assert!(!dir.path().join("s-000.tar.partial").exists());
     }
 }

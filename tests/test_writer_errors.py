@@ -82,3 +82,64 @@ def test_exception_in_with_block_drops_the_open_shard(tmp_path):
                 writer.write({"__key__": f"k{i}", "txt": "x"})
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s-000.tar"]
+
+
+def test_a_failed_writer_never_closes_as_a_success(tmp_path):
+    """After a write fails (here: the next shard cannot be created), close() raises every time
+    instead of returning the shards finished before the failure as if they were the output."""
+    writer = fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), maxcount=1, fsync=False)
+    writer.write({"__key__": "a", "txt": "1"})
+    (tmp_path / "s-001.tar.partial").mkdir()  # the next shard's temporary name is taken
+    with pytest.raises(OSError):
+        writer.write({"__key__": "b", "txt": "2"})
+    for _ in range(2):
+        with pytest.raises(fastwds.WriterClosedError, match="failed earlier"):
+            writer.close()
+
+
+def test_writable_buffers_are_copied_before_the_gil_is_released(tmp_path):
+    """A column over a writable buffer (bytearray, numpy array) is copied when the column is made:
+    another thread changing the buffer during write_batch cannot change or tear what is written."""
+    import pyarrow as pa
+
+    from fastwds import _core
+
+    data = bytearray(b"first-value" + b"second-value")
+    offsets = pa.array([0, 11, 23], pa.int32()).buffers()[1]
+    column = _core.BinaryColumn(data, offsets, None, 0, 2, False)
+    data[:] = b"X" * len(data)  # what a racing thread would do
+    with fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), fsync=False) as writer:
+        writer.write_batch(["a", "b"], {"bin": [(column, 0), (column, 1)]})
+    samples = list(fastwds.WebDataset(str(tmp_path / "s-000.tar"), decode=False))
+    assert [s["bin"] for s in samples] == [b"first-value", b"second-value"]
+
+
+def test_nothing_is_written_beside_a_shard_that_appeared_meanwhile(tmp_path):
+    writer = fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), fsync=False, energon_index=True)
+    writer.write({"__key__": "a", "txt": "1"})
+    (tmp_path / "s-000.tar").write_bytes(b"another writer's shard")
+    (tmp_path / "s-000.tar.idx").write_bytes(b"its index")
+    with pytest.raises(FileExistsError):
+        writer.close()
+    assert (tmp_path / "s-000.tar.idx").read_bytes() == b"its index"
+    assert (tmp_path / "s-000.tar").read_bytes() == b"another writer's shard"
+
+
+def test_task_records_are_fsynced_with_their_folder(tmp_path, monkeypatch):
+    """The task record is what --resume trusts: it must reach the disk, and so must its name."""
+    import os
+    import stat
+
+    from fastwds.durable import write_text_atomically
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    write_text_atomically(tmp_path / "task.json", "{}")
+    assert synced == ["file", "dir"]
+    assert (tmp_path / "task.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 1

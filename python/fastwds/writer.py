@@ -145,7 +145,9 @@ class ShardWriter:
         return self.records
 
     def abort(self) -> None:
-        """Drop the unfinished shard (its ``.partial`` file is removed); finished shards stay."""
+        """Drop the unfinished shard (its ``.partial`` file is removed); finished shards stay.
+        Raises ``OSError`` if a full shard still finishing in the background could not be made
+        durable (its samples are lost); ``close()`` then raises too."""
         self._sink.abort()
 
     def __enter__(self) -> ShardWriter:

@@ -127,10 +127,10 @@ def run_task(task: Task, batches: Iterator[Any] | AsyncIterator[Any], converter:
     try:
         asyncio.run(_run_pipeline(batches, converter, writer, progress, options.queue_batches))
     except BaseExceptionGroup as group:
-        writer.abort()
-        raise _first_error(group) from None
-    except BaseException:
-        writer.abort()
+        _abort_after(writer, error := _first_error(group))
+        raise error from None
+    except BaseException as error:
+        _abort_after(writer, error)
         raise
     records = writer.close()
     result = converter.result
@@ -138,6 +138,14 @@ def run_task(task: Task, batches: Iterator[Any] | AsyncIterator[Any], converter:
                      for r in records]
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _abort_after(writer: ShardWriter, error: BaseException) -> None:
+    """Drop the unfinished shard; the error that stopped the task stays the one raised."""
+    try:
+        writer.abort()
+    except OSError as abort_error:
+        error.add_note(f"also, a finished shard could not be made durable: {abort_error}")
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
