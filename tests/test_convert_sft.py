@@ -112,8 +112,11 @@ def test_media_root(tmp_path):
     data.parent.mkdir()
     data.write_text(json.dumps({"id": "x", "image": "x.jpg", "messages": chat("<image>")}) + "\n")
     out = tmp_path / "out"
-    missing = json.loads(run_cli("convert", "sft", str(data), str(out), "--json").stdout)
-    assert missing["invalid_by_reason"] == {"media_missing": 1}  # relative to the JSON file by default
+    refused = run_cli("convert", "sft", str(data), str(out), "--json", check=False)
+    # Relative to the JSON file by default: the one row is rejected, and a run that writes
+    # nothing is not a success (the summary is still printed).
+    assert refused.returncode == 1 and "every one of the 1 input rows was rejected" in refused.stderr
+    assert json.loads(refused.stdout)["invalid_by_reason"] == {"media_missing": 1}
     found = json.loads(run_cli("convert", "sft", str(data), str(out), "--overwrite", "--json",
                                "--media-root", str(media)).stdout)
     assert found["samples"] == 1 and samples_by_id(out)["x"]["jpg"] == jpeg_bytes(seed=3)

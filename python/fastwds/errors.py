@@ -19,11 +19,21 @@ class InvalidSamplesError(FastwdsError):
     """``on_invalid="fail"`` and a sample failed validation."""
 
 
+class NothingWrittenError(FastwdsError):
+    """Every input row was rejected: the run wrote its rejects and manifest, but no shard.
+    ``manifest`` is the run's manifest."""
+
+    def __init__(self, message: str, manifest: dict) -> None:
+        super().__init__(message)
+        self.manifest = manifest
+
+
 __all__ = [
     "DuplicateKeyError",
     "FastwdsError",
     "InvalidInputError",
     "InvalidSamplesError",
+    "NothingWrittenError",
     "ResumeMismatchError",
     "SampleError",
     "ShardPatternError",

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastwds.convert.options import ON_INVALID
 from fastwds.convert.run import convert
-from fastwds.errors import InvalidInputError
+from fastwds.errors import InvalidInputError, NothingWrittenError
 from fastwds.sources import SOURCES, get_source
 from fastwds.sources.base import Source
 
@@ -129,8 +129,12 @@ def run_source(args: argparse.Namespace) -> int:
     job = source.configure(args)
     options = source.convert_options(**{**shared_options(args), "source_options": job.source_options, **job.overrides})
     plan = source.plan(job.inputs, options)
-    manifest = convert(plan, job.output, options, command=f"convert {source.name}", resume=args.resume,
-                       overwrite=args.overwrite, show_progress=not args.no_progress and not args.json)
+    try:
+        manifest = convert(plan, job.output, options, command=f"convert {source.name}", resume=args.resume,
+                           overwrite=args.overwrite, show_progress=not args.no_progress and not args.json)
+    except NothingWrittenError as error:  # a run that rejected everything is no success
+        print_summary(error.manifest, job.output, as_json=args.json, extra=source.summary(error.manifest))
+        raise
     print_summary(manifest, job.output, as_json=args.json, extra=source.summary(manifest))
     return 0
 

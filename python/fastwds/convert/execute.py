@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fastwds.convert.commit import Attempt
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.pipeline import run_task
 from fastwds.convert.plan import Task
@@ -27,11 +28,13 @@ class TaskJob:
     input_root: str
     options: ConvertOptions
     output_dir: str
+    session: str  # the run's session: an attempt of an older run never publishes (see commit.py)
 
 
 def execute_task(job: TaskJob, report: Callable[[str, int, int, int], None]) -> dict[str, Any]:
-    """Run one task and record it as finished; returns its record. ``report(task, rows, written,
-    bytes)`` receives the task's running totals."""
+    """Run one attempt at a task: stage its shards, publish them, record the task as finished;
+    returns its record. ``report(task, rows, written, bytes)`` receives the attempt's running
+    totals. Any number of attempts of one task may run at once (see commit.py)."""
     source = get_source(job.source)
     output = Path(job.output_dir)
     totals = [0, 0, 0]
@@ -42,10 +45,14 @@ def execute_task(job: TaskJob, report: Callable[[str, int, int, int], None]) -> 
         totals[2] += size
         report(job.task.name, *totals)
 
-    with ThreadPoolExecutor(job.options.image_threads, thread_name_prefix="fastwds-work") as executor:
-        converter = source.make_converter(job.task, job.options, executor)
-        batches = source.read_task(job.input_root, job.task, job.options)
-        result = run_task(job.task, batches, converter, job.options, output, progress=progress)
-    record = asdict(result)
-    write_record(output, job.task, record)
+    report(job.task.name, 0, 0, 0)  # a retry starts its count again
+    with Attempt(output, job.task.name, job.session) as attempt:
+        with ThreadPoolExecutor(job.options.image_threads, thread_name_prefix="fastwds-work") as executor:
+            converter = source.make_converter(job.task, job.options, executor)
+            batches = source.read_task(job.input_root, job.task, job.options)
+            result = run_task(job.task, batches, converter, job.options, attempt.dir, progress=progress)
+        record = asdict(result)
+        attempt.publish()
+        attempt.check_current()
+        write_record(output, job.task, record)
     return record

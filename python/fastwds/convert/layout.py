@@ -4,7 +4,9 @@ Dataset files (read by users and readers): the shards ``{task}.tar`` (spill shar
 ``{task}-1.tar``, ...), their sidecar indexes (``.tar.idx``, ``.idx``), ``manifest.json``,
 ``rejects.jsonl``, ``index.wids.json``, and whatever a source adds at the end (``.nv-meta/``,
 ``volumes.jsonl``). Run state (read by ``--resume``) lives in ``.fastwds/``: ``run.json`` (the plan
-fingerprint and output options) and one record per finished task under ``tasks/``.
+fingerprint, output options and the current run's session), one record per finished task under
+``tasks/``, the run lock ``lock``, and each live attempt's staging folder under ``attempts/``
+(see ``commit.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ WIDS_INDEX_NAME = "index.wids.json"
 STATE_DIR = ".fastwds"
 RUN_FILE = "run.json"
 TASKS_DIR = "tasks"
+LOCK_FILE = "lock"
+ATTEMPTS_DIR = "attempts"
 # Dataset files a source writes at the end of a run go here first (see run.finalize).
 FINISH_STAGING_DIR = "finish"
 
@@ -34,12 +38,20 @@ def tasks_dir(output_dir: Path) -> Path:
     return output_dir / STATE_DIR / TASKS_DIR
 
 
+def lock_file(output_dir: Path) -> Path:
+    return output_dir / STATE_DIR / LOCK_FILE
+
+
+def attempts_dir(output_dir: Path) -> Path:
+    return output_dir / STATE_DIR / ATTEMPTS_DIR
+
+
 def task_record_path(output_dir: Path, task_name: str) -> Path:
     return tasks_dir(output_dir) / f"{task_name}.json"
 
 
 def task_outputs(output_dir: Path, task_name: str) -> list[Path]:
-    """Every file of one task in the output folder: its shard, spill shards (``name-1.tar``),
-    sidecar indexes and temporary files."""
+    """Every file of one task in the output folder: its shard, spill shards (``name-1.tar``) and
+    sidecar indexes."""
     own = re.compile(rf"^{re.escape(task_name)}(-\d+)?\.(tar|idx)")
     return [entry for entry in output_dir.iterdir() if own.match(entry.name)]

@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastwds.convert.commit import RunLock, new_session, remove_dead_attempts
 from fastwds.convert.engines import get_engine
 from fastwds.convert.execute import TaskJob
 from fastwds.convert.layout import FINISH_STAGING_DIR, REJECTS_NAME, WIDS_INDEX_NAME, state_dir
 from fastwds.convert.manifest import build_manifest, write_manifest
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan
-from fastwds.convert.state import is_finished, prepare_output, read_record, remove_task_outputs
+from fastwds.convert.state import is_finished, prepare_output, read_record
 from fastwds.durable import fsync_directory, write_text_atomically
+from fastwds.errors import NothingWrittenError
 from fastwds.indexes import write_wids_index
 from fastwds.progress import ProgressReporter
 from fastwds.reasons import check_reason
@@ -31,33 +33,51 @@ log = logging.getLogger("fastwds")
 def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, *, command: str,
             resume: bool = False, overwrite: bool = False, show_progress: bool = True,
             engine: str = "local", engine_settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``plan`` into ``output_dir``; returns the manifest."""
+    """Run ``plan`` into ``output_dir``; returns the manifest. Holds the folder's run lock
+    throughout (see commit.py): a second run on the same folder is refused."""
     started = time.perf_counter()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    resumed = prepare_output(output, plan, options, resume, overwrite)
-    pending = [t for t in plan.tasks if not is_finished(output, t)]
-    if resumed:
-        log.info("resuming: %d of %d tasks already finished", len(plan.tasks) - len(pending), len(plan.tasks))
-        for task in pending:  # what the interrupted run left of its unfinished tasks
-            remove_task_outputs(output, task.name)
-    progress = ProgressReporter(sum(t.num_rows for t in pending), enabled=show_progress)
-    jobs = [TaskJob(plan.source, task, plan.input_root, options, str(output)) for task in pending]
-    settings = engine_settings if engine_settings is not None else {"num_workers": options.num_workers}
-    try:
-        get_engine(engine, **settings).run(jobs, progress.task_totals)
-    except BaseException as error:
+    fresh = not state_dir(output).exists()
+    with RunLock(output):
+        session = new_session()
+        try:
+            resumed = prepare_output(output, plan, options, resume, overwrite, session)
+        except BaseException:
+            if fresh:  # refused before starting: leave the folder as it was
+                shutil.rmtree(state_dir(output), ignore_errors=True)
+            raise
+        if removed := remove_dead_attempts(output):
+            log.info("removed the staging files of %d attempt(s) of an earlier run", removed)
+        pending = [t for t in plan.tasks if not is_finished(output, t)]
+        if resumed:
+            log.info("resuming: %d of %d tasks already finished", len(plan.tasks) - len(pending), len(plan.tasks))
+        progress = ProgressReporter(sum(t.num_rows for t in pending), enabled=show_progress)
+        jobs = [TaskJob(plan.source, task, plan.input_root, options, str(output), session) for task in pending]
+        settings = engine_settings if engine_settings is not None else {"num_workers": options.num_workers}
+        try:
+            get_engine(engine, **settings).run(jobs, progress.task_totals)
+        except BaseException as error:
+            progress.close()
+            remove_dead_attempts(output)  # the engine's workers are stopped: tidy their staging
+            if isinstance(error, KeyboardInterrupt):
+                log.error("interrupted: finished shards are kept; run again with --resume to complete")
+            raise
+        progress.show()
         progress.close()
-        for task in pending:  # unfinished tasks leave only partial files
-            if not is_finished(output, task):
-                remove_task_outputs(output, task.name)
-        if isinstance(error, KeyboardInterrupt):
-            log.error("interrupted: finished shards are kept; run again with --resume to complete")
-        raise
-    progress.show()
-    progress.close()
-    records = [read_record(output, t) for t in plan.tasks]
-    return finalize(output, plan, options, records, command, time.perf_counter() - started, resumed)
+        remove_dead_attempts(output)  # attempts whose worker died and whose task was retried
+        records = [read_record(output, t) for t in plan.tasks]
+        manifest = finalize(output, plan, options, records, command, time.perf_counter() - started, resumed)
+    if manifest["totals"]["rows"] and not manifest["totals"]["samples"]:
+        raise NothingWrittenError(nothing_written_message(manifest, output), manifest)
+    return manifest
+
+
+def nothing_written_message(manifest: dict[str, Any], output: Path) -> str:
+    reasons = sorted(manifest["invalid_by_reason"].items(), key=lambda item: -item[1])
+    top = ", ".join(f"{reason}: {count:,}" for reason, count in reasons[:3])
+    return (f"every one of the {manifest['totals']['rows']:,} input rows was rejected ({top}); no shard was "
+            f"written. The reasons, row by row: {output / REJECTS_NAME}")
 
 
 def finalize(output: Path, plan: Plan, options: ConvertOptions, records: list[dict], command: str,

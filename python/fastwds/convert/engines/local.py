@@ -1,12 +1,27 @@
-"""The local engine: tasks in this process (one worker) or in a pool of worker processes."""
+"""The local engine: tasks in this process (one worker), or in worker processes on this machine.
+
+Each worker process runs one task at a time and talks to the driver over its own pipe (the task
+out; progress and the outcome back), so the driver always knows which task a worker is running.
+A worker that dies (the out-of-memory killer's SIGKILL, a crash in native code) is noticed at
+once through its process sentinel: its task is retried once in a fresh worker, and if that worker
+dies too the job fails naming the task. Workers die with the driver (``PR_SET_PDEATHSIG`` on
+Linux, a watchdog thread elsewhere), so a killed run leaves no orphan writing into the folder.
+The stdlib pools offer neither: ``multiprocessing.Pool`` waits forever for a dead worker's task,
+and ``ProcessPoolExecutor`` fails every pending task without saying which one died.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 import signal
+import sys
+import threading
+import time
 import traceback
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,29 +29,79 @@ from fastwds.convert.engines import TaskFailed, TaskProgress
 from fastwds.convert.execute import TaskJob, execute_task
 from fastwds.errors import FastwdsError
 
-# Progress from worker processes reaches the parent through this queue (set per worker).
-_progress_queue: Any = None
+# Attempts a task gets when its worker process dies under it (a data error is never retried).
+ATTEMPTS_ON_WORKER_DEATH = 2
+PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(progress_queue: Any, polars_threads: int) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end when the driver does, however the driver ends."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    else:  # no parent-death signal: watch for being re-parented
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="fastwds-parent-watch").start()
+    if os.getppid() != parent_pid:  # the driver died before the signal was armed
+        os._exit(1)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, polars_threads: int) -> None:
+    die_with_parent(parent_pid)
     os.environ.setdefault("POLARS_MAX_THREADS", str(polars_threads))
 
+    def report(task: str, rows: int, written: int, size: int) -> None:
+        conn.send(("progress", (task, rows, written, size)))
 
-def _report_to_parent(task: str, rows: int, written: int, size: int) -> None:
-    _progress_queue.put((task, rows, written, size))
+    while True:
+        try:
+            job: TaskJob = conn.recv()
+        except EOFError:  # the driver closed the pipe: no more work
+            return
+        try:
+            execute_task(job, report)
+            conn.send(("done", None))
+        except (FastwdsError, OSError, ValueError) as error:
+            conn.send(("failed", f"task {job.task.name}: {error}"))
+        except Exception:  # a bug: keep the worker's traceback for the report
+            conn.send(("failed", f"task {job.task.name} failed unexpectedly (please report):\n{traceback.format_exc()}"))
 
 
-def _execute_in_worker(job: TaskJob) -> dict[str, Any]:
-    try:
-        return execute_task(job, _report_to_parent)
-    except (FastwdsError, OSError, ValueError) as error:
-        # Only plain exceptions cross the process boundary reliably.
-        raise TaskFailed(f"task {job.task.name}: {error}") from None
-    except Exception:
-        # Anything else is a bug: keep the worker's traceback for the report.
-        raise TaskFailed(f"task {job.task.name} failed unexpectedly (please report):\n{traceback.format_exc()}") from None
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (what the out-of-memory killer sends)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with status {exitcode}"
+
+
+class Worker:
+    """One worker process and its pipe; runs one job at a time."""
+
+    def __init__(self, context: Any, polars_threads: int) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, os.getpid(), polars_threads),
+                                       name="fastwds-worker", daemon=True)
+        self.process.start()
+        child.close()
+        self.job: TaskJob | None = None
+
+    def start(self, job: TaskJob) -> None:
+        self.job = job
+        self.conn.send(job)
+
+    def stop(self) -> None:
+        self.conn.close()
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
 class LocalEngine:
@@ -51,38 +116,66 @@ class LocalEngine:
                 execute_task(job, progress)
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe once polars' threads exist
-        progress_queue = context.Queue()
-        workers = min(self.num_workers, len(jobs))
-        polars_threads = max(1, (os.cpu_count() or 1) // workers)
-        # Ctrl-C is the parent's to handle: it stops the workers and cleans up after them. Workers
-        # start with SIGINT ignored (inherited through exec), so none can die mid-start-up either.
-        parent_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        count = min(self.num_workers, len(jobs))
+        polars_threads = max(1, (os.cpu_count() or 1) // count)
+        # Ctrl-C is the driver's to handle. Workers start with SIGINT ignored (kept through exec),
+        # so none dies mid-task from the terminal's Ctrl-C; the driver stops them.
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            pool = context.Pool(workers, initializer=_init_worker, initargs=(progress_queue, polars_threads))
+            workers = [Worker(context, polars_threads) for _ in range(count)]
         finally:
-            signal.signal(signal.SIGINT, parent_handler)
+            signal.signal(signal.SIGINT, handler)
         try:
-            results = pool.imap_unordered(_execute_in_worker, jobs)
-            remaining = len(jobs)
-            while remaining:
+            self._run(jobs, workers, context, polars_threads, progress)
+        finally:
+            for worker in workers:
+                worker.stop()
+
+    def _run(self, jobs: Sequence[TaskJob], workers: list[Worker], context: Any, polars_threads: int,
+             progress: TaskProgress) -> None:
+        pending = deque(jobs)
+        deaths: dict[str, list[str]] = {}
+        while pending or any(w.job is not None for w in workers):
+            for worker in workers:
+                if worker.job is None and pending:
+                    worker.start(pending.popleft())
+            busy = [w for w in workers if w.job is not None]
+            ready = multiprocessing.connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for index, worker in enumerate(workers):
+                if worker.job is None or not (worker.conn in ready or worker.process.sentinel in ready):
+                    continue
+                if self._read_messages(worker, progress):
+                    continue
+                # The worker died with its task unfinished.
+                job = worker.job
+                worker.process.join()
+                deaths.setdefault(job.task.name, []).append(f"pid {worker.process.pid} "
+                                                            f"{describe_exit(worker.process.exitcode)}")
+                worker.stop()
+                if len(deaths[job.task.name]) >= ATTEMPTS_ON_WORKER_DEATH:
+                    raise TaskFailed(f"task {job.task.name}: its worker process died {len(deaths[job.task.name])} "
+                                     f"times ({'; '.join(deaths[job.task.name])}); finished tasks are kept, "
+                                     "--resume retries it")
+                pending.appendleft(job)  # retried first, in a fresh worker
+                handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
                 try:
-                    results.next(timeout=0.05)
-                    remaining -= 1
-                except multiprocessing.TimeoutError:
-                    pass
-                _drain(progress_queue, progress)
-            _drain(progress_queue, progress)
-            pool.close()
-        except BaseException:
-            pool.terminate()  # unfinished tasks leave only .partial files; cleaned on resume
-            pool.join()
-            raise
-        pool.join()
+                    workers[index] = Worker(context, polars_threads)
+                finally:
+                    signal.signal(signal.SIGINT, handler)
 
-
-def _drain(progress_queue: Any, progress: TaskProgress) -> None:
-    while True:
+    @staticmethod
+    def _read_messages(worker: Worker, progress: TaskProgress) -> bool:
+        """Handle what the worker sent; False when it is dead with its task unfinished."""
         try:
-            progress(*progress_queue.get_nowait())
-        except queue.Empty:
-            return
+            while worker.conn.poll():
+                kind, payload = worker.conn.recv()
+                if kind == "progress":
+                    progress(*payload)
+                elif kind == "done":
+                    worker.job = None
+                    return True
+                else:
+                    raise TaskFailed(payload)
+        except (EOFError, OSError):
+            return False
+        return worker.process.is_alive()
