@@ -228,43 +228,31 @@ def test_each_task_reads_exactly_its_rows_from_its_byte_range(tmp_path, rows, in
     assert read == rows
 
 
-def test_media_reads_are_concurrent(tmp_path):
-    """Media files are named pipes written in reverse order: a reader that opened one file at a time
-    would wait forever on the first pipe while the writer waits on the last."""
+def test_media_reads_are_concurrent(tmp_path, monkeypatch):
+    """Every media read waits at a barrier until eight reads are in progress at once: a reader
+    that read one file at a time (or a few) would never get past it. (FIFOs used to stand in for a
+    slow network file system here; fastwds now refuses them, see test_hostile_input.py.)"""
+    from fastwds.sources.sft import media
+
     count = 24
     data = tmp_path / "data.jsonl"
     rows = [{"id": f"r{i}", "image": f"p{i}.jpg", "messages": chat("<image>")} for i in range(count)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for i in range(count):
-        os.mkfifo(tmp_path / f"p{i}.jpg")
-    image = jpeg_bytes(seed=11)
-    written = []
+        (tmp_path / f"p{i}.jpg").write_bytes(jpeg_bytes(seed=11))
+    together = threading.Barrier(8, timeout=30)
+    concurrent = []
+    real_read = media.read_media_file
 
-    def writer() -> None:
-        deadline = time.monotonic() + 30
-        pending = list(reversed(range(count)))
-        while pending and time.monotonic() < deadline:
-            try:
-                fd = os.open(tmp_path / f"p{pending[0]}.jpg", os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: nobody has it open for reading yet
-                time.sleep(0.01)
-                continue
-            os.set_blocking(fd, True)
-            os.write(fd, image)
-            os.close(fd)
-            written.append(pending.pop(0))
-        for i in pending:  # out of time: release a sequential reader so the test can fail
-            with open(tmp_path / f"p{i}.jpg", "wb") as pipe:
-                pipe.write(image)
+    def slow_read(path, root, max_bytes):
+        concurrent.append(together.wait())  # BrokenBarrierError after 30 s if fewer than 8 at once
+        return real_read(path, root, max_bytes)
 
-    thread = threading.Thread(target=writer)
-    thread.start()
+    monkeypatch.setattr(media, "read_media_file", slow_read)
     options = ConvertOptions(source_options=SftOptions(energon=False), fsync=False)
     manifest = convert(plan_sft([str(data)], options.source_options, 1000, 10**9), tmp_path / "out", options,
                        command="test", show_progress=False)
-    thread.join()
-    assert written == list(reversed(range(count)))
-    assert manifest["totals"]["samples"] == count
+    assert len(concurrent) == count and manifest["totals"]["samples"] == count
 
 
 def test_tasks_are_sized_by_media_bytes_so_large_media_do_not_spill(tmp_path):

@@ -34,25 +34,50 @@ from typing import Any
 from fastwds.decode import Decoder, decode_sample, decoders_for, load_npy, read_npy
 from fastwds.errors import InvalidInputError
 from fastwds.paths import matching_files
+from fastwds.tar.format import ShardFormatError
 from fastwds.tar.shards import open_shard
 from fastwds.tar.stream import iter_members, iter_samples
 
 Urls = str | os.PathLike | Sequence[str | os.PathLike]
 
 
-def shards_from_index(path: Path) -> list[str]:
-    """Shard paths listed by a fastwds ``manifest.json`` or a wids index, relative to its folder."""
+def read_index(path: Path) -> dict[str, int | None]:
+    """``{shard path: samples}`` of a fastwds ``manifest.json`` or a wids index, in its order,
+    paths relative to its folder."""
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise InvalidInputError(f"{path}: cannot read it as a manifest: {error}") from None
     if isinstance(index, dict) and isinstance(index.get("shards"), list):
-        names = [shard["name"] for shard in index["shards"]]
+        entries = [(shard["name"], shard.get("samples")) for shard in index["shards"]]
     elif isinstance(index, dict) and isinstance(index.get("shardlist"), list):
-        names = [shard["url"] for shard in index["shardlist"]]
+        entries = [(shard["url"], shard.get("nsamples")) for shard in index["shardlist"]]
     else:
         raise InvalidInputError(f"{path}: neither a fastwds manifest ('shards') nor a wids index ('shardlist')")
-    return [str(path.parent / name) for name in names]
+    return {str(path.parent / name): count for name, count in entries}
+
+
+def shards_from_index(path: Path) -> list[str]:
+    """Shard paths listed by a fastwds ``manifest.json`` or a wids index, relative to its folder."""
+    return list(read_index(path))
+
+
+def expected_counts(shards: Sequence[str]) -> dict[str, int]:
+    """The sample count of every shard a ``manifest.json`` or ``index.wids.json`` beside it lists:
+    a shard cut exactly at a member boundary (or empty) reads as a valid, shorter tar, and only
+    the count tells."""
+    counts: dict[str, int] = {}
+    for folder in dict.fromkeys(os.path.dirname(os.path.abspath(shard)) for shard in shards):
+        for name in ("manifest.json", "index.wids.json"):
+            index = Path(folder) / name
+            if index.is_file():
+                try:
+                    listed = read_index(index)
+                except InvalidInputError:
+                    continue  # not ours to judge here: verify reports a broken index
+                counts.update({os.path.abspath(p): n for p, n in listed.items() if isinstance(n, int)})
+                break
+    return {shard: counts[os.path.abspath(shard)] for shard in shards if os.path.abspath(shard) in counts}
 
 
 def expand_urls(urls: Urls) -> list[str]:
@@ -139,6 +164,7 @@ class WebDataset:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
         self.shards = expand_urls(urls_or_manifest)
+        self.expected = expected_counts(self.shards)
         self.shuffle = shuffle
         self.buffer_size = buffer_size
         self.buffer_bytes = buffer_bytes
@@ -174,8 +200,15 @@ class WebDataset:
 
     def raw_samples(self, shards: Iterable[str], read_value: Any = None) -> Iterator[dict]:
         for shard in shards:
+            count = 0
             with open_shard(shard) as (stream, _compressed):
-                yield from iter_samples(iter_members(stream, shard, read_value), shard)
+                for sample in iter_samples(iter_members(stream, shard, read_value), shard):
+                    count += 1
+                    yield sample
+            expected = self.expected.get(shard)
+            if expected is not None and count != expected:
+                raise ShardFormatError(f"{shard}: {count} samples, but the manifest / wids index beside it lists "
+                                       f"{expected}: the shard is cut short or is not the one that was written")
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.epoch + self._iterations

@@ -29,6 +29,7 @@ REJECT_REASONS: dict[str, str] = {
     "image_unknown_format": "an image is not JPEG/PNG/GIF/WebP/BMP/TIFF",
     "image_unreadable_header": "an image header cannot be parsed",
     "image_zero_size": "an image has zero width or height",
+    "image_too_large": "an image has more pixels than --max-image-pixels (a decompression bomb)",
     "image_truncated": "an image is cut short",
     "image_decode_failed": "an image does not decode (--verify-images full)",
     # SFT JSON sources: rows, media files read from disk, videos, system turns.
@@ -36,7 +37,9 @@ REJECT_REASONS: dict[str, str] = {
     "bad_sample": "a row is not a JSON object, or its media field is not a path / list of paths",
     "media_kind_mismatch": "a row has media of the other kind than --media",
     "media_missing": "a media file does not exist",
-    "media_unreadable": "a media file cannot be read",
+    "media_unreadable": "a media file cannot be read, or is not a regular file (a folder, FIFO or device)",
+    "media_too_large": "a media file is larger than --max-media-size",
+    "media_outside_root": "a media path resolves (symlinks followed) outside the media root",
     "video_token_mismatch": "number of <video> tokens differs from number of videos",
     "video_empty": "a video has no bytes",
     "video_unknown_format": "a video is not MP4/MOV/WebM/MKV/AVI",
@@ -49,6 +52,7 @@ REJECT_REASONS: dict[str, str] = {
     "array_not_found": "the .npz holds no array of the given name, or several arrays and none was named",
     "unreadable_volume": "the .npz or its .npy member cannot be read (bad zip, CRC, header or data cut short)",
     "not_numeric": "the array is not numeric (object arrays are never unpickled)",
+    "empty_volume": "the array has a zero-length axis: no values to train on",
     "non_finite": "the volume holds NaN or infinite values (--on-overflow clip replaces them)",
     "float16_overflow": "the volume holds values beyond float16's range of +-65504 (--on-overflow clip clips them)",
 }
@@ -64,6 +68,10 @@ VERIFY_CODES: dict[str, tuple[str, str]] = {
     "shard_unreadable": (ERROR, "the shard file cannot be read"),
     # samples and keys
     "sample_not_contiguous": (ERROR, "a sample's members are not consecutive: readers split it in two"),
+    "unsafe_member_path": (ERROR, "a member path is absolute or contains '..': extracting the shard writes outside "
+                                  "its folder (tarfile on Python 3.11 does), fastwds' reader refuses the shard"),
+    "key_split_hides_member": (ERROR, "a dot in a key makes readers split the name elsewhere: the sample's 'json' or "
+                                      "image member comes back under another extension"),
     "duplicate_extension": (ERROR, "two members of one sample have the same extension"),
     "duplicate_key": (ERROR, "a key is used by more than one sample of the dataset"),
     "json_invalid": (ERROR, "a .json member is not valid UTF-8 JSON"),

@@ -126,6 +126,8 @@ def npz_to_float16(path: str, array: str | None = None, clip: bool = False) -> t
             with archive.open(choose_member(archive, array)) as member:
                 shape, fortran_order, dtype = read_npy_header(member)
                 count = math.prod(shape)
+                if count == 0:
+                    raise VolumeReadError("empty_volume", f"shape {list(shape)} holds no values")
                 stats = VolumeStats(list(shape), dtype.str if dtype.byteorder != "|" else dtype.name,
                                     fortran_order, count)
                 out = np.empty(count, OUTPUT_DTYPE)

@@ -16,6 +16,7 @@ and is measured by the same payload, the image bytes of those rows, so MB/s comp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -155,12 +156,32 @@ def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[s
     source = get_source("parquet")
     options = source.convert_options(max_samples_per_shard=MAXCOUNT, source_options=ParquetColumns(),
                                      limit=args["limit"], num_workers=args["workers"], **MODES[args["mode"]][0])
-    with clock:
-        plan = source.plan(args["input"], options)
-        manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False)
+    with engine_for(args) as engine:
+        with clock:
+            plan = source.plan(args["input"], options)
+            manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False, **engine)
     check_manifest(manifest, args)
     digests = manifest_shard_digests(manifest, out_dir)
     return {"samples": manifest["totals"]["samples"], "bytes": args["payload_bytes"], "outputs": digests}
+
+
+@contextlib.contextmanager
+def engine_for(args: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``convert``'s engine arguments for a runner. With ``--engine ray`` the runner starts a
+    Ray instance on this machine with the CPUs the local engine's workers keep busy (about two
+    each) and tasks of that size, so the two differ only by Ray's per-task costs; starting Ray is
+    not timed."""
+    if args.get("engine", "local") == "local":
+        yield {}
+        return
+    import ray
+
+    cpus = min(os.cpu_count() or 1, 2 * args["workers"])
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        yield {"engine": "ray", "engine_settings": {"task_cpus": cpus / args["workers"]}}
+    finally:
+        ray.shutdown()
 
 
 def check_manifest(manifest: dict[str, Any], args: dict[str, Any]) -> None:
@@ -326,7 +347,7 @@ def target_workers(workers: list[int]) -> int:
     return default_workers() if default_workers() in workers else max(workers)
 
 
-def build_suite(data: BenchInput, modes: list[str], workers: list[int]) -> Suite:
+def build_suite(data: BenchInput, modes: list[str], workers: list[int], engines: list[str] = ("local",)) -> Suite:
     common = {"kind": data.kind, "input": data.path, "limit": data.limit, "rows": data.rows,
               "payload_bytes": data.payload_bytes, "maxcount": MAXCOUNT}
     checks = {"expected_rejects": data.expected_rejects}
@@ -336,6 +357,10 @@ def build_suite(data: BenchInput, modes: list[str], workers: list[int]) -> Suite
     runners = [Runner(fastwds_name(mode, count), f"{__name__}:fastwds_convert",
                       {**common, **checks, "mode": mode, "workers": count}, deterministic=True)
                for mode, count in runs]
+    if "ray" in engines:
+        runners.append(Runner(ray_name(chosen), f"{__name__}:fastwds_convert",
+                              {**common, **checks, "mode": "default", "workers": chosen, "engine": "ray"},
+                              deterministic=True, requires=("ray",)))
     peer, floor = peer_and_floor(data.kind)
     if data.kind == "parquet":
         runners += [Runner(PEER, f"{__name__}:webdataset_convert", common, requires=("webdataset",)),
@@ -354,7 +379,7 @@ def build_suite(data: BenchInput, modes: list[str], workers: list[int]) -> Suite
         params={**data.params, "modes": modes, "workers": workers, "maxcount": MAXCOUNT,
                 "payload_bytes": data.payload_bytes, "shard_tasks": data.tasks},
         notes=notes(data),
-        findings=lambda summaries: findings(summaries, modes, workers, data.kind),
+        findings=lambda summaries: findings(summaries, modes, workers, data.kind, engines),
     )
 
 
@@ -364,6 +389,10 @@ def peer_and_floor(kind: str) -> tuple[str, str]:
 
 def fastwds_name(mode: str, workers: int) -> str:
     return f"{MODES[mode][1]}, {workers} worker{'s' if workers > 1 else ''}"
+
+
+def ray_name(workers: int) -> str:
+    return f"fastwds convert --engine ray (local Ray, {workers} task{'s' if workers > 1 else ''} at a time)"
 
 
 def notes(data: BenchInput) -> list[str]:
@@ -410,7 +439,7 @@ def other_notes(data: BenchInput) -> list[str]:
 
 
 def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int],
-             kind: str = "parquet") -> list[str]:
+             kind: str = "parquet", engines: list[str] = ("local",)) -> list[str]:
     """The scaling line and the targets, from the medians (printed, never asserted)."""
     lines = []
 
@@ -441,6 +470,15 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
                 lines.append(f"targets: {name} is {' and '.join(parts)}")
             else:  # the issue's targets are for LLaVA-style parquet
                 lines.append(f"ratios: {name} is {' and '.join(parts)} (no targets for {kind} input)")
+    if "ray" in engines:
+        local, on_ray = summaries.get(fastwds_name("default", target_workers(workers))), \
+            summaries.get(ray_name(target_workers(workers)))
+        if local is None or on_ray is None:
+            lines.append("ray: no ratio, a run failed")
+        else:
+            lines.append(f"ray: {on_ray['samples_per_s'] / local['samples_per_s']:.2f}x the local engine at the same "
+                         "CPU count (the rest is Ray's per-task overhead: scheduling, a worker process per task, "
+                         "progress through an actor)")
     if "full" in modes:
         name = fastwds_name("full", target_workers(workers))
         full, decode = summaries.get(name), summaries.get(DECODE)
@@ -502,6 +540,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="MODE,...", help="fastwds modes: default, full (--verify-images full, "
                         "also runs the one-core Pillow decode reference), reencode (--reencode jpeg) "
                         "(default: default)")
+    parser.add_argument("--engine", type=comma_list(str, ("local", "ray")), default=["local"], dest="engines",
+                        metavar="ENGINE,...", help="local (default) and/or ray: ray adds a run on a Ray instance "
+                        "started on this machine with the same CPUs, for the per-task overhead as a ratio")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw samples/s against workers (needs matplotlib)")
 
@@ -532,7 +573,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_on(data: BenchInput, args: argparse.Namespace) -> int:
-    suite = build_suite(data, args.modes, sorted(args.workers))
+    suite = build_suite(data, args.modes, sorted(args.workers), args.engines)
     on_report = (lambda report: draw(args.plot, report)) if args.plot else None
     return run_suite(suite, repeat=args.repeat, json_path=args.json, workdir=args.dir, on_report=on_report)
 

@@ -108,9 +108,12 @@ def fastwds_convert(args: dict[str, Any], out_dir: Path, clock: Clock, mode_opti
     """The library as ``fastwds convert sft|npz`` calls it: planning is part of the timed job."""
     options = fastwds_options(args, mode_options)
     source = get_source(args["kind"])
-    with clock:
-        plan = source.plan([args["input"]] if args["kind"] == "sft" else args["input"], options)
-        manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False)
+    from fastwds.bench.convert import engine_for
+
+    with engine_for(args) as engine:
+        with clock:
+            plan = source.plan([args["input"]] if args["kind"] == "sft" else args["input"], options)
+            manifest = convert(plan, out_dir, options, command="bench convert", show_progress=False, **engine)
     totals = manifest["totals"]
     if totals["rows"] != args["rows"]:
         raise RuntimeError(f"fastwds read {totals['rows']:,} rows, the benchmark has {args['rows']:,}")

@@ -8,27 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from typing import Any
 
+from fastwds.arguments import parse_size
 from fastwds.convert.options import ON_INVALID
 from fastwds.convert.run import convert
 from fastwds.errors import InvalidInputError, NothingWrittenError
 from fastwds.sources import SOURCES, get_source
 from fastwds.sources.base import Source
-
-UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """``3GB``, ``500MiB``, ``1e9`` -> bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 3GB, 500MiB, 1000000)")
-    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
-
 
 def default_workers() -> int:
     """One worker process per two cores: one task's pipeline already keeps about two cores busy
@@ -61,6 +49,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="convert only the first N rows")
     parser.add_argument("--no-fsync", action="store_true",
                         help="skip fsync before renaming shards (faster; a power loss may lose recent shards)")
+    engine = parser.add_argument_group("engine (execution only: every engine writes the same bytes)")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: worker processes on this machine (default); ray: Ray core tasks on a cluster "
+                             "that sees the input and the output folder (pip install 'fastwds[ray]')")
+    engine.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, else auto)")
+    engine.add_argument("--ray-task-cpus", type=float, default=None, metavar="N",
+                        help="CPUs each task asks for (default 2, one task keeps about two busy; at most a node's)")
+    engine.add_argument("--ray-max-in-flight", type=int, default=None, metavar="N",
+                        help="tasks submitted at once (default: twice what the cluster's CPUs run at once)")
+    engine.add_argument("--ray-retries", type=int, default=3, metavar="N",
+                        help="retries of a task whose worker or node died, or that hit a transient I/O error "
+                             "(default 3); data errors are never retried")
+    engine.add_argument("--ray-straggler-factor", type=float, default=4.0, metavar="X",
+                        help="start one duplicate of a task running X times longer than the median finished task "
+                             "(default 4; 0: never)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     parser.add_argument("--log_level", "--log-level", default="INFO", dest="log_level",
@@ -71,6 +75,9 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of sources whose samples carry images."""
     parser.add_argument("--verify-images", "--verify_images", choices=("fast", "full"), default="fast",
                         help="fast: format, header and end marker (default); full: decode every image")
+    parser.add_argument("--max-image-pixels", "--max_image_pixels", type=int, default=178_956_970, metavar="N",
+                        help="reject images with more pixels, from their headers (default 178956970: Pillow refuses "
+                             "to open larger ones, so the training loader would fail on them)")
     parser.add_argument("--reencode", choices=("jpeg",), default=None,
                         help="re-encode images (default: original bytes pass through unchanged)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality with --reencode (default 90)")
@@ -119,9 +126,17 @@ def shared_options(args: argparse.Namespace) -> dict[str, Any]:
                   on_invalid=args.on_invalid, dali_index=args.dali_index, limit=args.limit,
                   num_workers=max(1, args.num_workers), fsync=not args.no_fsync)
     if hasattr(args, "verify_images"):  # sources whose samples carry images
-        fields.update(verify_images=args.verify_images, reencode=args.reencode, quality=args.quality,
+        fields.update(verify_images=args.verify_images, max_image_pixels=args.max_image_pixels,
+                      reencode=args.reencode, quality=args.quality,
                       max_side=args.max_side)
     return fields
+
+
+def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
+    if args.engine == "ray":
+        return {"address": args.ray_address, "task_cpus": args.ray_task_cpus, "max_in_flight": args.ray_max_in_flight,
+                "retries": args.ray_retries, "straggler_factor": args.ray_straggler_factor}
+    return {}
 
 
 def run_source(args: argparse.Namespace) -> int:
@@ -131,7 +146,8 @@ def run_source(args: argparse.Namespace) -> int:
     plan = source.plan(job.inputs, options)
     try:
         manifest = convert(plan, job.output, options, command=f"convert {source.name}", resume=args.resume,
-                           overwrite=args.overwrite, show_progress=not args.no_progress and not args.json)
+                           overwrite=args.overwrite, show_progress=not args.no_progress and not args.json,
+                           engine=args.engine, engine_settings=engine_settings(args))
     except NothingWrittenError as error:  # a run that rejected everything is no success
         print_summary(error.manifest, job.output, as_json=args.json, extra=source.summary(error.manifest))
         raise

@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastwds.convert.layout import attempts_dir, lock_file, run_file
+from fastwds.convert.layout import attempts_dir, attempts_log, lock_file, run_file
 from fastwds.durable import fsync_directory
 from fastwds.errors import FastwdsError
 
@@ -122,7 +122,11 @@ class Attempt:
         self.dir.mkdir(parents=True)
         self.lock_fd = os.open(self.dir / ATTEMPT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)  # new and unique: never contended
-        (self.dir / ATTEMPT_OWNER).write_text(json.dumps({**_holder(), "task": task_name, "session": session}))
+        owner = json.dumps({**_holder(), "task": task_name, "attempt": self.id, "session": session})
+        (self.dir / ATTEMPT_OWNER).write_text(owner)
+        # One short O_APPEND write per attempt: lines from concurrent attempts do not interleave.
+        with open(attempts_log(output_dir), "a", encoding="utf-8") as attempts:
+            attempts.write(owner + "\n")
 
     def staged_files(self) -> list[str]:
         """The complete files the writer left in the staging folder, sidecar indexes first and

@@ -22,6 +22,7 @@ RUN_FILE = "run.json"
 TASKS_DIR = "tasks"
 LOCK_FILE = "lock"
 ATTEMPTS_DIR = "attempts"
+ATTEMPTS_LOG = "attempts.jsonl"  # one line per attempt started: which task ran where, and when
 # Dataset files a source writes at the end of a run go here first (see run.finalize).
 FINISH_STAGING_DIR = "finish"
 
@@ -44,6 +45,10 @@ def lock_file(output_dir: Path) -> Path:
 
 def attempts_dir(output_dir: Path) -> Path:
     return output_dir / STATE_DIR / ATTEMPTS_DIR
+
+
+def attempts_log(output_dir: Path) -> Path:
+    return output_dir / STATE_DIR / ATTEMPTS_LOG
 
 
 def task_record_path(output_dir: Path, task_name: str) -> Path:

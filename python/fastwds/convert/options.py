@@ -15,6 +15,9 @@ class ConvertOptions:
     max_shard_bytes: int = 3_000_000_000
     on_invalid: Literal["skip", "keep", "fail"] = "skip"
     verify_images: Literal["fast", "full"] = "fast"
+    # Images with more pixels are rejected from their headers: Pillow, in the training loader,
+    # refuses to open anything above this (DecompressionBombError).
+    max_image_pixels: int = 178_956_970
     reencode: Literal["jpeg"] | None = None
     quality: int = 90
     max_side: int | None = None

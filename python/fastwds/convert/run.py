@@ -54,7 +54,11 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
             log.info("resuming: %d of %d tasks already finished", len(plan.tasks) - len(pending), len(plan.tasks))
         progress = ProgressReporter(sum(t.num_rows for t in pending), enabled=show_progress)
         jobs = [TaskJob(plan.source, task, plan.input_root, options, str(output), session) for task in pending]
-        settings = engine_settings if engine_settings is not None else {"num_workers": options.num_workers}
+        settings = dict(engine_settings or {})
+        if engine == "local":
+            settings.setdefault("num_workers", options.num_workers)
+        elif engine == "ray":  # nodes must decode and encode images alike when images are decoded
+            settings.setdefault("check_images", options.verify_images == "full" or options.reencode is not None)
         try:
             get_engine(engine, **settings).run(jobs, progress.task_totals)
         except BaseException as error:
@@ -67,7 +71,8 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         progress.close()
         remove_dead_attempts(output)  # attempts whose worker died and whose task was retried
         records = [read_record(output, t) for t in plan.tasks]
-        manifest = finalize(output, plan, options, records, command, time.perf_counter() - started, resumed)
+        manifest = finalize(output, plan, options, records, command, time.perf_counter() - started, resumed,
+                            engine)
     if manifest["totals"]["rows"] and not manifest["totals"]["samples"]:
         raise NothingWrittenError(nothing_written_message(manifest, output), manifest)
     return manifest
@@ -81,7 +86,7 @@ def nothing_written_message(manifest: dict[str, Any], output: Path) -> str:
 
 
 def finalize(output: Path, plan: Plan, options: ConvertOptions, records: list[dict], command: str,
-             elapsed: float, resumed: bool) -> dict[str, Any]:
+             elapsed: float, resumed: bool, engine: str = "local") -> dict[str, Any]:
     source = get_source(plan.source)
     staging = state_dir(output) / FINISH_STAGING_DIR
     shutil.rmtree(staging, ignore_errors=True)
@@ -96,6 +101,7 @@ def finalize(output: Path, plan: Plan, options: ConvertOptions, records: list[di
     rejects = [r for record in records for r in record["rejects"]] + finish.rejects
     write_text_atomically(output / REJECTS_NAME, "".join(_json_line(r) for r in rejects))
     manifest = build_manifest(command, plan, options.output_options(), records, elapsed, resumed)
+    manifest["engine"] = engine  # of this run: a run may resume on another engine, with the same bytes
     if finish.stats:
         manifest["stats"] = finish.stats
     manifest.update(finish.sections)

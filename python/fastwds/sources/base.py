@@ -63,16 +63,6 @@ class Finish:
     files: list[str] = field(default_factory=list)
 
 
-def positional_or_flag(args: argparse.Namespace, name: str) -> str:
-    """A path given as a positional or, in the seed scripts' spelling, as ``--NAME``."""
-    from fastwds.errors import InvalidInputError
-
-    value = getattr(args, f"{name}_flag") or getattr(args, name)
-    if not value:
-        raise InvalidInputError(f"{name.upper()} is required (positional, or --{name})")
-    return value
-
-
 class Source:
     """Base of every source; the registry is ``fastwds.sources.SOURCES``."""
 

@@ -40,8 +40,16 @@ def normalize_conversations(turns: Any, allow_empty_system: bool = False) -> lis
     """``[{role, content}]`` from either spelling, or the first problem found. An empty system
     prompt is kept when allowed: some chat templates add a default one when none is given, so
     dropping it would change what the model sees."""
+    if isinstance(turns, str) and turns.lstrip().startswith("["):
+        # HF exports often store the turns as a JSON string: read it as the list it holds.
+        try:
+            turns = json.loads(turns)
+        except ValueError as error:
+            return Problem("bad_turn", f"conversations is a string that is not valid JSON ({error})")
     if not turns:
         return Problem("no_conversation", "conversations is missing or empty")
+    if not isinstance(turns, list):
+        return Problem("bad_turn", f"conversations is a {type(turns).__name__}, not a list of turns")
     normalized = []
     for number, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -126,7 +134,12 @@ class ChatConverter(RejectLog):
 
     def inspect(self, flat: list[ImageData]) -> list[ImageInfo | Problem]:
         """Checks of every image of a batch, in one call (sources with other media override this)."""
-        checks: list[ImageInfo | Problem] = inspect_images(flat)
+        limit = self.options.max_image_pixels
+        checks: list[ImageInfo | Problem] = [
+            Problem("image_too_large", f"{check.width}x{check.height} = {check.width * check.height:,} pixels, more "
+                                       f"than --max-image-pixels {limit:,} (a decompression bomb for the loader)")
+            if isinstance(check, ImageInfo) and check.width * check.height > limit else check
+            for check in inspect_images(flat)]
         if self.options.verify_images == "full":
             decoded = self.images.map(
                 lambda pair: decode_problem(payload_bytes(pair[0])) if isinstance(pair[1], ImageInfo) else None,

@@ -42,8 +42,10 @@ def iter_members(stream: BinaryIO, source: str,
     while True:
         header = read(BLOCK)
         if len(header) < BLOCK:
-            if not header:  # no end-of-archive blocks: tolerated, as tarfile and webdataset do
-                return
+            if not header:
+                if offset == 0:  # tarfile and webdataset yield nothing here, silently
+                    raise ShardFormatError(f"{source}: empty file (0 bytes), not a tar archive")
+                return  # no end-of-archive blocks: tolerated, as tarfile and webdataset do
             raise ShardFormatError(f"{source}: cut short inside the header at byte {offset}")
         if header == ZERO_BLOCK:
             return

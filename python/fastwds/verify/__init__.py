@@ -32,6 +32,7 @@ from fastwds.verify.rules import (
     member_findings,
     parse_json_member,
     sample_structure_findings,
+    unsafe_path_finding,
 )
 from fastwds.verify.sidecars import ScannedSample, ShardScan, Sidecars
 
@@ -94,6 +95,8 @@ class DatasetVerifier:
 
         def skipped(member, reason):
             report.add("member_ignored", f"{member.name!r}: {reason}", shard=name, member=member.name)
+            if (unsafe := unsafe_path_finding(member.name)) is not None:
+                report.add_finding(unsafe, name)
 
         try:
             with open_shard(path) as (stream, compressed):

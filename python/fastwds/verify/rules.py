@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastwds.sources.chat import IMAGE_TOKEN
+from fastwds.tar.format import is_unsafe_path
 from fastwds.tar.scanner import TarMember
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -43,10 +44,17 @@ def is_json_extension(ext: str) -> bool:
 
 # -- member names -------------------------------------------------------------------------------
 
+def unsafe_path_finding(name: str) -> Finding | None:
+    if is_unsafe_path(name):
+        return Finding("unsafe_member_path", f"{name!r}: absolute or climbing out with '..': tarfile.extractall "
+                       "(Python 3.11) writes it outside the folder; fastwds.WebDataset refuses the shard", name)
+    return None
+
+
 def member_findings(member: TarMember, key: str, ext: str) -> list[Finding]:
-    """Portability of one member's header and name (a regular member of sample ``key``)."""
+    """Safety and portability of one member's header and name (a regular member of sample ``key``)."""
     name = member.name
-    found = []
+    found = [finding] if (finding := unsafe_path_finding(name)) is not None else []
     if "pax" in member.extensions or "pax_global" in member.extensions:
         found.append(Finding("pax_header", f"{name}: PAX header ({', '.join(sorted(member.pax)) or 'empty'})", name))
     if "." in member.pax.get("mtime", ""):
@@ -175,6 +183,23 @@ def sample_structure_findings(key: str, extensions: list[str]) -> list[Finding]:
             found.append(Finding("duplicate_extension", f"key {key}: extension {ext!r} appears more than once in "
                                  "the sample (webdataset raises, Energon keeps only the last)", f"{key}.{ext}"))
         seen.add(folded)
+    return found + hidden_member_findings(key, extensions)
+
+
+def hidden_member_findings(key: str, extensions: list[str]) -> list[Finding]:
+    """A dot in what the producer meant as the key: ``a.b.json`` is key ``a``, extension
+    ``b.json`` to every reader, so ``sample["json"]`` is missing. Positions (``0.jpg``) and
+    compound extensions of other kinds (``labels.npy``, ``npy.zst``) are fine."""
+    plain = {ext.lower() for ext in extensions}
+    found = []
+    for ext in extensions:
+        head, dot, last = ext.rpartition(".")
+        last = last.lower()
+        if not dot or head.isdigit() or last in plain or not (last == "json" or last in IMAGE_EXTENSIONS):
+            continue
+        found.append(Finding("key_split_hides_member", f"member {key}.{ext}: readers read key {key!r} and "
+                             f"extension {ext!r}, so sample[{last!r}] is missing (the producer probably meant "
+                             f"key {key + '.' + head!r}); keys must not contain dots", f"{key}.{ext}"))
     return found
 
 

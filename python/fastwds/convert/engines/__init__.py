@@ -18,6 +18,7 @@ TaskProgress = Callable[[str, int, int, int], None]
 
 ENGINES: dict[str, str] = {
     "local": "fastwds.convert.engines.local:LocalEngine",
+    "ray": "fastwds.convert.engines.ray:RayEngine",
 }
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan, Task
-from fastwds.sources.base import Finish, Source, SourceJob, positional_or_flag
+from fastwds.arguments import positional_or_flag
+from fastwds.sources.base import Finish, Source, SourceJob
 from fastwds.sources.npz.convert import LABELS_MEMBER, VolumeConverter, read_task, summarize
 from fastwds.sources.npz.plan import ON_OVERFLOW, NpzOptions, NpzPlan, find_volumes, plan_npz, volume_key
 

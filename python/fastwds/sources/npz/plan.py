@@ -4,6 +4,8 @@ before anything is converted. One task per shard of up to ``--samples-per-shard`
 
 from __future__ import annotations
 
+import codecs
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -70,9 +72,42 @@ def find_volumes(root: Path) -> list[str]:
     return sorted(found)
 
 
+def check_utf8(path: str) -> None:
+    """CSVs must be UTF-8 (polars fails deep inside a read otherwise): say where they are not.
+    Excel's "CSV" is often cp1252."""
+    stat = os.stat(path)
+    _check_utf8(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _check_utf8(path: str, size: int, mtime_ns: int) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                at = offset + error.start
+                line += chunk[:error.start].count(b"\n")
+                raise InvalidInputError(
+                    f"{path}: not UTF-8 text: byte {chunk[error.start]:#04x} at line {line} (byte {at}); save it as "
+                    "UTF-8 (Excel: 'CSV UTF-8'), e.g. `iconv -f cp1252 -t utf-8 IN.csv > OUT.csv`") from None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: not UTF-8 text: the file ends inside a multi-byte character") from None
+
+
 def scan_csv(path: str, key_column: str, infer: bool) -> pl.LazyFrame:
     """The CSV with its key column checked. ``infer`` types the other columns from the whole file
     (a late float or text value cannot break the read); else every column is text."""
+    try:
+        check_utf8(path)
+    except OSError as error:
+        raise InvalidInputError(f"{path}: cannot be read: {error.strerror or error}") from None
     try:
         if infer:
             frame = pl.scan_csv(path, infer_schema_length=None, schema_overrides={key_column: pl.String})

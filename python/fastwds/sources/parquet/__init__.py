@@ -14,7 +14,8 @@ from typing import Any
 
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan, Task
-from fastwds.sources.base import Source, SourceJob, positional_or_flag
+from fastwds.arguments import positional_or_flag
+from fastwds.sources.base import Source, SourceJob
 from fastwds.sources.chat import ChatConverter
 from fastwds.sources.parquet.plan import ParquetColumns, plan_parquet
 from fastwds.sources.parquet.read import read_task

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
@@ -54,11 +55,31 @@ def discover_subsets(root: Path) -> dict[str, list[str]]:
 
 
 def check_schema(path: Path, schema: pq.ParquetSchema, columns: ParquetColumns) -> None:
-    names = schema.to_arrow_schema().names
+    arrow = schema.to_arrow_schema()
+    names = arrow.names
     for required in (columns.id, columns.conversations):
         if required not in names:
             raise InvalidInputError(f"{path}: no column {required!r} (columns: {', '.join(names)}); "
                                     f"name it with --{'id' if required == columns.id else 'conversations'}-column")
+    for name, is_list in ((columns.image, False), (columns.images, True)):
+        if name in names and not holds_images(arrow.field(name).type, is_list):
+            raise InvalidInputError(
+                f"{path}: column {name!r} holds {arrow.field(name).type}, not encoded images; fastwds reads images "
+                f"stored in the parquet ({'a list of ' if is_list else ''}binary, or {{bytes, path}} structs as HF "
+                "datasets writes them). For images stored as files, list them in SFT JSON and use "
+                "`fastwds convert sft`, or rename the column with --image-column/--images-column")
+
+
+def holds_images(column: pa.DataType, is_list: bool) -> bool:
+    """Binary values, or HF's ``{bytes, path}`` image structs (a list of either for ``images``)."""
+    if is_list:
+        if not (pa.types.is_list(column) or pa.types.is_large_list(column)):
+            return False
+        column = column.value_type
+    if pa.types.is_struct(column):
+        index = column.get_field_index("bytes")
+        return index >= 0 and holds_images(column.field(index).type, False)
+    return pa.types.is_binary(column) or pa.types.is_large_binary(column) or pa.types.is_null(column)
 
 
 def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int, max_bytes: int,

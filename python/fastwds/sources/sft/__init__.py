@@ -29,6 +29,7 @@ from fastwds.energon import (
     write_energon_meta,
 )
 from fastwds.errors import InvalidInputError
+from fastwds.arguments import parse_size
 from fastwds.sources.base import Finish, Source, SourceJob
 from fastwds.sources.sft.convert import SftConverter, check_names_agree
 from fastwds.sources.sft.media import read_task
@@ -61,6 +62,11 @@ class SftSource(Source):
                             help="image (keys image/images, <image> tokens; default) or video (video/videos, <video>)")
         parser.add_argument("--media-root", "--media_root", dest="media_root", default=None,
                             help="folder media paths are relative to (default: each JSON file's folder)")
+        parser.add_argument("--allow-media-outside-root", action="store_true",
+                            help="read media paths that resolve (symlinks followed) outside the media root "
+                                 "(--media-root, else the folder of the input files); refused by default")
+        parser.add_argument("--max-media-size", type=parse_size, default=SftOptions().max_media_bytes, metavar="SIZE",
+                            help="reject media files larger than this, unread (default 1GiB)")
         parser.add_argument("--energon", action=argparse.BooleanOptionalAction, default=True,
                             help=f"write .nv-meta/ and .tar.idx files so Megatron-Energon {ENERGON_VERSION} loads the "
                                  "shards without `energon prepare` (default: on)")
@@ -83,7 +89,8 @@ class SftSource(Source):
             raise InvalidInputError("--split-ratio describes Energon splits; it needs --energon")
         sft = SftOptions(media=args.media,
                          media_root=os.path.abspath(args.media_root) if args.media_root is not None else None,
-                         energon=args.energon, split_ratio=args.split_ratio or "1,0,0", sample_type=args.sample_type)
+                         energon=args.energon, split_ratio=args.split_ratio or "1,0,0", sample_type=args.sample_type,
+                         media_outside_root=args.allow_media_outside_root, max_media_bytes=args.max_media_size)
         if sft.energon and foreign_energon_meta(Path(output_dir)):  # refuse now, not after converting
             raise InvalidInputError(f"{os.path.join(output_dir, META_DIR)} was not written by fastwds; move it away, "
                                     "or convert with --no-energon")

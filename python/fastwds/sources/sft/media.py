@@ -4,6 +4,8 @@ reads in flight, so a slow network file system does not serialise the pipeline."
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiofiles
+import aiofiles.os
 
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
@@ -28,29 +31,65 @@ READ_AHEAD_ROWS = 64
 BATCH_BYTES = 64 * 2**20
 
 
-class MediaReader:
-    """Reads media files with many reads in flight. aiofiles runs each file operation in an
-    executor; its own pool, sized to the reads in flight, keeps the default one from capping them."""
+def read_media_file(path: str, root: str | None, max_bytes: int) -> bytes | Problem:
+    """A media file's bytes, or why it is not read: outside ``root`` (after following symlinks;
+    ``root`` None allows any path), not a regular file (FIFOs would block forever, devices like
+    /dev/zero never end), or larger than ``max_bytes``."""
+    if root is not None:
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, root]) != root:
+            return Problem("media_outside_root", f"{path}: resolves to {real}, outside the media root {root} "
+                                                 "(--media-root DIR, or --allow-media-outside-root)")
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return Problem("media_missing", f"{path}: no such file")
+    except OSError as error:
+        return Problem("media_unreadable", f"{path}: {error.strerror or error}")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket")
+        return Problem("media_unreadable", f"{path}: not a regular file ({kind})")
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        if info.st_size > max_bytes:
+            return Problem("media_too_large", f"{path}: {info.st_size:,} bytes, more than the limit of "
+                                              f"{max_bytes:,} (--max-media-size)")
+        try:
+            data = file.read(max_bytes + 1)
+        except OSError as error:
+            return Problem("media_unreadable", f"{path}: {error.strerror or error}")
+    if len(data) > max_bytes:  # it grew while being read
+        return Problem("media_too_large", f"{path}: more than the limit of {max_bytes:,} bytes (--max-media-size)")
+    return data
 
-    def __init__(self, in_flight: int = MEDIA_READS_IN_FLIGHT) -> None:
+
+class MediaReader:
+    """Reads media files with many reads in flight: each read (``read_media_file``) runs in an
+    executor through aiofiles, on a pool of its own sized to the reads in flight, so the default
+    pool does not cap them."""
+
+    def __init__(self, root: str | None, max_bytes: int, in_flight: int = MEDIA_READS_IN_FLIGHT) -> None:
         self.executor = ThreadPoolExecutor(in_flight, thread_name_prefix="fastwds-media")
         self.limit = asyncio.Semaphore(in_flight)
+        self.root = os.path.realpath(root) if root is not None else None
+        self.max_bytes = max_bytes
 
     async def read(self, path: str) -> bytes | Problem:
         async with self.limit:
-            try:
-                async with aiofiles.open(path, "rb", executor=self.executor) as file:
-                    return await file.read()
-            except FileNotFoundError:
-                return Problem("media_missing", f"{path}: no such file")
-            except OSError as error:
-                return Problem("media_unreadable", f"{path}: {error.strerror or error}")
+            return await _read_media_file(path, self.root, self.max_bytes, executor=self.executor)
 
     async def read_row(self, row: RowToRead) -> tuple[RowToRead, list[bytes | Problem]]:
         return row, list(await asyncio.gather(*(self.read(path) for path in row.paths)))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# aiofiles runs the read in the executor; the module-level name is looked up at each call.
+_read_media_file = aiofiles.os.wrap(lambda path, root, max_bytes: read_media_file(path, root, max_bytes))
 
 
 async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIterator[RowBatch]:
@@ -60,7 +99,8 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
     stay small in memory."""
     sft: SftOptions = options.source_options
     rejected = {offset for offset, _, _ in task.rejected}
-    reader = MediaReader()
+    media_root = None if sft.media_outside_root else (sft.media_root or root)
+    reader = MediaReader(media_root, sft.max_media_bytes)
     ahead: deque[asyncio.Task] = deque()
     try:
         task_row = 0

@@ -32,6 +32,10 @@ class SftOptions:
     # options are compared with their JSON form when resuming, where a tuple would come back a list.
     split_ratio: str = "1,0,0"
     sample_type: str = DEFAULT_SAMPLE_TYPE  # Energon sample type named in dataset.yaml
+    # Media must resolve (symlinks followed) inside the media root: --media-root, else the folder
+    # holding every input file. A path in the JSON cannot pull /etc/... into a shard.
+    media_outside_root: bool = False
+    max_media_bytes: int = 2**30  # a bigger file is rejected (media_too_large), never read
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,310 @@
+"""The Ray engine: every task a Ray core task on a cluster that sees the input and the output.
+
+Not Ray Data: its webdataset sink names files with a fresh uuid per write, re-blocks rows on the
+fly and writes straight to the final path, so no run can be reproduced or resumed. Here each task
+runs ``execute_task`` exactly as the local engine does, so the bytes are the same on every engine.
+
+- Tasks are submitted in plan order with a bounded number in flight (``ray.wait``).
+- Ray retries a task whose worker or node died (``max_retries``); an attempt of a task may
+  overlap an earlier one (a retry while the first still runs, a straggler's duplicate). The
+  commit protocol (``fastwds.convert.commit``) makes that safe: attempts stage under names of
+  their own, publishing is idempotent, the task record is the last write.
+- Data errors (bad input, ``--on-invalid fail``) are not retried: the job fails once, naming the
+  task and the file. Only transient I/O errors (timeouts, EIO, stale handles) are retried.
+- A task running far longer than its finished peers gets one duplicate attempt; the first to
+  finish wins and the other is cancelled.
+- Before anything is submitted, every node runs a probe: the same fastwds version and ``_core``
+  build, the same Pillow and libjpeg when images are decoded, the input readable and the output
+  folder the same folder the driver sees. A node that fails is named and the job refused.
+- Progress goes from the tasks to a small actor pinned to the driver's node (unpinned, it could
+  land on a node that dies); an attempt's counts replace its task's, never add to them.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import socket
+import statistics
+import sys
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from fastwds.convert.engines import TaskFailed, TaskProgress
+from fastwds.convert.execute import TaskJob, execute_task
+from fastwds.convert.layout import state_dir
+from fastwds.errors import FastwdsError, InvalidInputError
+
+log = logging.getLogger("fastwds")
+
+# errno values worth another attempt: the network or a network file system hiccuped.
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.EAGAIN,
+                              errno.ESTALE, errno.EHOSTUNREACH, errno.ENETUNREACH})
+POLL_SECONDS = 0.2
+# A straggler: running longer than this many times the median of finished tasks (and at least
+# STRAGGLER_MIN_SECONDS), once STRAGGLER_MIN_FINISHED tasks have finished.
+STRAGGLER_MIN_FINISHED = 3
+STRAGGLER_MIN_SECONDS = 10.0
+
+
+class TaskDataError(Exception):
+    """A task failed on its data or options: not worth retrying (one message argument, so it
+    pickles across Ray as it is)."""
+
+
+class TransientIOError(Exception):
+    """A task failed on an I/O error that may pass: Ray retries it."""
+
+
+def _require_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InvalidInputError("--engine ray needs Ray: pip install 'fastwds[ray]'") from None
+    return ray
+
+
+@cache
+def core_build() -> str:
+    """sha256 of the loaded ``_core`` extension: nodes must run the same build."""
+    from fastwds import _core
+
+    return hashlib.sha256(Path(_core.__file__).read_bytes()).hexdigest()[:16]
+
+
+def node_facts(input_root: str, output_dir: str, probe_name: str) -> dict[str, Any]:
+    """What a node must agree on with the driver (run on every node, and on the driver)."""
+    import PIL
+    from PIL import features
+
+    from fastwds import __version__
+
+    facts: dict[str, Any] = {"host": socket.gethostname(), "fastwds": __version__, "core": core_build(),
+                             "python": sys.version.split()[0], "pillow": PIL.__version__,
+                             "libjpeg": features.version("jpg"), "input": os.access(input_root, os.R_OK),
+                             "output": None}
+    try:  # write a probe file the driver then looks for: the node and the driver share the folder
+        probes = state_dir(Path(output_dir)) / "probes"
+        probes.mkdir(parents=True, exist_ok=True)
+        (probes / probe_name).write_text(facts["host"])
+        facts["output"] = True
+    except OSError as error:
+        facts["output"] = f"cannot write there: {error.strerror or error}"
+    return facts
+
+
+def run_attempt(job: TaskJob, board: Any) -> None:
+    """One attempt of one task on a Ray worker (the body of the remote function)."""
+    attempt = uuid.uuid4().hex[:8]
+
+    def report(task: str, rows: int, written: int, size: int) -> None:
+        board.report.remote(task, attempt, rows, written, size)
+
+    try:
+        execute_task(job, report)
+    except OSError as error:
+        if error.errno in TRANSIENT_ERRNOS:
+            raise TransientIOError(f"task {job.task.name}: {error}") from None
+        raise TaskDataError(f"task {job.task.name}: {error}") from None
+    except (FastwdsError, ValueError) as error:
+        raise TaskDataError(f"task {job.task.name}: {error}") from None
+    except Exception:
+        raise TaskDataError(f"task {job.task.name} failed unexpectedly (please report):\n"
+                            f"{traceback.format_exc()}") from None
+
+
+class ProgressBoard:
+    """Each attempt's running totals; the driver drains the tasks that changed."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, dict[str, tuple[int, int, int]]] = {}
+        self.changed: set[str] = set()
+
+    def report(self, task: str, attempt: str, rows: int, written: int, size: int) -> None:
+        self.totals.setdefault(task, {})[attempt] = (rows, written, size)
+        self.changed.add(task)
+
+    def drain(self) -> dict[str, tuple[int, int, int]]:
+        """The furthest attempt of each task that changed: overlapping attempts never add up."""
+        changed = {task: max(self.totals[task].values()) for task in self.changed}
+        self.changed = set()
+        return changed
+
+
+class RayEngine:
+    name = "ray"
+
+    def __init__(self, address: str | None = None, task_cpus: float | None = None, max_in_flight: int | None = None,
+                 retries: int = 3, straggler_factor: float = 4.0, check_images: bool = False) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or "auto"
+        self.task_cpus = task_cpus
+        self.max_in_flight = max_in_flight
+        self.retries = retries
+        self.straggler_factor = straggler_factor
+        self.check_images = check_images  # the same Pillow/libjpeg everywhere (decoding or re-encoding)
+
+    def run(self, jobs: Sequence[TaskJob], progress: TaskProgress) -> None:
+        if not jobs:
+            return
+        ray = _require_ray()
+        started_here = not ray.is_initialized()
+        if started_here:
+            _send_ray_messages_to_stderr(ray)
+            ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
+        try:
+            self._run(ray, jobs, progress)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _run(self, ray: Any, jobs: Sequence[TaskJob], progress: TaskProgress) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+        self.check_nodes(ray, nodes, jobs[0])
+        largest = max(n["Resources"]["CPU"] for n in nodes)
+        # One task keeps about two cores busy (reading, validation, the writer and its sha256 thread).
+        task_cpus = self.task_cpus or min(2.0, largest)
+        if task_cpus > largest:
+            raise InvalidInputError(f"--ray-task-cpus {task_cpus:g}: no node has that many CPUs (largest: {largest:g})")
+        total = sum(n["Resources"]["CPU"] for n in nodes)
+        in_flight_limit = self.max_in_flight or max(1, int(total // task_cpus) * 2)
+        here = ray.get_runtime_context().get_node_id()
+        board = ray.remote(num_cpus=0)(ProgressBoard).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        remote = ray.remote(run_attempt).options(num_cpus=task_cpus, max_retries=self.retries,
+                                                 retry_exceptions=[TransientIOError])
+        log.info("ray: %d tasks on %d node(s), %g CPU(s) each, %d in flight at most", len(jobs), len(nodes),
+                 task_cpus, in_flight_limit)
+        pending = deque(jobs)
+        running: dict[Any, TaskJob] = {}  # object ref -> job (a task may have two: a duplicate)
+        first_seen: dict[str, float] = {}
+        durations: list[float] = []
+        duplicated: set[str] = set()
+        done: set[str] = set()
+        try:
+            while pending or running:
+                while pending and len({j.task.name for j in running.values()}) < in_flight_limit:
+                    job = pending.popleft()
+                    running[remote.remote(job, board)] = job
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+                for task, totals in ray.get(board.drain.remote()).items():
+                    first_seen.setdefault(task, time.monotonic())
+                    progress(task, *totals)
+                for ref in ready:
+                    job = running.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.TaskCancelledError:
+                        continue  # the loser of a duplicate
+                    except ray.exceptions.RayTaskError as error:
+                        cause = getattr(error, "cause", None)
+                        if job.task.name in done or self._other_attempt_alive(running, job):
+                            continue  # the other attempt decides
+                        raise TaskFailed(str(cause) if isinstance(cause, (TaskDataError, TransientIOError))
+                                         else f"task {job.task.name}: {error}") from None
+                    except ray.exceptions.RayError as error:  # worker or node died more often than retried
+                        if job.task.name in done or self._other_attempt_alive(running, job):
+                            continue
+                        raise TaskFailed(f"task {job.task.name}: failed {self.retries + 1} times on Ray "
+                                         f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+                    if job.task.name in done:
+                        continue
+                    done.add(job.task.name)
+                    if job.task.name in first_seen:
+                        durations.append(time.monotonic() - first_seen[job.task.name])
+                    for other, other_job in list(running.items()):  # first result wins
+                        if other_job.task.name == job.task.name:
+                            ray.cancel(other, force=True)
+                self._duplicate_stragglers(running, first_seen, durations, duplicated, remote, board)
+        except BaseException:
+            for ref in running:  # Ctrl-C or a failed task: nothing keeps running for this job
+                ray.cancel(ref, force=True)
+            raise
+
+    @staticmethod
+    def _other_attempt_alive(running: dict[Any, TaskJob], job: TaskJob) -> bool:
+        return any(other.task.name == job.task.name for other in running.values())
+
+    def _duplicate_stragglers(self, running: dict[Any, TaskJob], first_seen: dict[str, float], durations: list[float],
+                              duplicated: set[str], remote: Any, board: Any) -> None:
+        if not self.straggler_factor or len(durations) < STRAGGLER_MIN_FINISHED:
+            return
+        limit = max(self.straggler_factor * statistics.median(durations), STRAGGLER_MIN_SECONDS)
+        now = time.monotonic()
+        for job in list(running.values()):
+            name = job.task.name
+            if name not in duplicated and name in first_seen and now - first_seen[name] > limit:
+                duplicated.add(name)
+                log.warning("task %s has run %.0f s, over %.1fx the median of finished tasks: starting a duplicate "
+                            "attempt (the first to finish wins)", name, now - first_seen[name], self.straggler_factor)
+                running[remote.remote(job, board)] = job
+
+    def check_nodes(self, ray: Any, nodes: list[dict], job: TaskJob) -> None:
+        """Refuse to start unless every node that could run a task can run it identically."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if not nodes:
+            raise InvalidInputError("the Ray cluster has no node with CPUs")
+        probe = ray.remote(num_cpus=0)(node_facts)
+        refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(job.input_root, job.output_dir, f"{n['NodeID'][:12]}-{uuid.uuid4().hex[:6]}") for n in nodes}
+        mine = node_facts(job.input_root, job.output_dir, f"driver-{uuid.uuid4().hex[:6]}")
+        compared = ["fastwds", "core", "python"] + (["pillow", "libjpeg"] if self.check_images else [])
+        problems = []
+        addresses = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
+        for node_id, ref in refs.items():
+            try:
+                facts = ray.get(ref)
+            except ray.exceptions.RayError as error:  # e.g. fastwds not installed there
+                cause = getattr(error, "cause", None) or error
+                problems.append(f"node {node_id[:12]} ({addresses[node_id]}): cannot run fastwds there: "
+                                f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1]}")
+                continue
+            where = f"node {node_id[:12]} ({facts['host']})"
+            for key in compared:
+                if facts[key] != mine[key]:
+                    problems.append(f"{where}: {key} {facts[key]} there, {mine[key]} on the driver")
+            if not facts["input"]:
+                problems.append(f"{where}: cannot read the input {job.input_root}")
+            if facts["output"] is not True:
+                problems.append(f"{where}: the output folder {job.output_dir}: {facts['output']}")
+        probes = state_dir(Path(job.output_dir)) / "probes"
+        seen = {p.name for p in probes.iterdir()} if probes.is_dir() else set()
+        for node_id in refs:
+            if any(node_id[:12] in problem for problem in problems):
+                continue
+            if not any(name.startswith(node_id[:12]) for name in seen):
+                problems.append(f"node {node_id[:12]}: writes to {job.output_dir} do not reach the driver's folder of "
+                                "that name (not a shared file system)")
+        for name in seen:
+            (probes / name).unlink(missing_ok=True)
+        if problems:
+            raise InvalidInputError("the Ray cluster cannot run this job identically on every node:\n  "
+                                    + "\n  ".join(problems))
+
+
+def _send_ray_messages_to_stderr(ray: Any) -> None:
+    """Ray prints messages of its raylets ("task failed, will be retried") to the driver's
+    stdout, where ``--json`` puts the summary: send them to stderr. A private hook; if it moves,
+    the messages simply stay where Ray puts them."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "fastwds_wrapped", False):
+        return
+
+    def to_stderr(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data, "is_err": True}
+        return original(data, *args, **kwargs)
+
+    to_stderr.fastwds_wrapped = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
