@@ -251,6 +251,7 @@ def test_overlapping_attempts_of_one_task_both_succeed_with_the_right_bytes(data
     frozen at ``moment`` while the second runs start to finish, then thawed: both succeed, one
     task record, and the shards are those of a clean run of the task."""
     from fastwds.convert.execute import TaskJob
+    from fastwds.convert.output import open_output
     from fastwds.convert.state import prepare_output
     from fastwds.sources import get_source
     from fastwds.sources.parquet import ParquetColumns
@@ -267,7 +268,7 @@ def test_overlapping_attempts_of_one_task_both_succeed_with_the_right_bytes(data
     for name in ("clean", "overlap"):
         out = tmp_path / name
         out.mkdir()
-        prepare_output(out, plan, plan_options, resume=False, overwrite=False, session="s1")
+        prepare_output(open_output(out), plan, plan_options, resume=False, overwrite=False, session="s1")
         jobs[name] = tmp_path / f"{name}.job"
         jobs[name].write_bytes(pickle.dumps(TaskJob("parquet", task, plan.input_root, options, str(out), "s1")))
     subprocess.run([sys.executable, "-c", OVERLAP_SCRIPT, str(jobs["clean"])], check=True)
@@ -279,7 +280,7 @@ def test_overlapping_attempts_of_one_task_both_succeed_with_the_right_bytes(data
     first = start.run([sys.executable, "-c", OVERLAP_SCRIPT, str(jobs["overlap"])], env=environment)
     if moment in STOPS_ITSELF:
         wait_for(lambda: process_state(first.pid) == "T", f"the first attempt to stop at {moment}")
-        assert list(overlap.glob("*.tar")) and not list((overlap / ".fastwds" / "tasks").iterdir())
+        assert list(overlap.glob("*.tar")) and not list((overlap / ".fastwds" / "tasks").glob("*"))
     else:
         wait_for(lambda: MOMENTS[moment](overlap), moment)
         os.kill(first.pid, signal.SIGSTOP)
@@ -288,7 +289,7 @@ def test_overlapping_attempts_of_one_task_both_succeed_with_the_right_bytes(data
     os.kill(first.pid, signal.SIGCONT)
     assert first.wait(TIMEOUT) == 0 and second.returncode == 0, second.stderr
     assert {p.name: p.read_bytes() for p in overlap.glob("*.tar")} == clean_shards
-    assert [p.name for p in (overlap / ".fastwds" / "tasks").iterdir()] == [f"{task.name}.json"]
+    assert [p.name for p in (overlap / ".fastwds" / "tasks").glob("*")] == [f"{task.name}.json"]
     assert not list((overlap / ".fastwds" / "attempts").glob("*"))
 
 
@@ -296,6 +297,7 @@ def test_an_attempt_of_an_earlier_run_does_not_publish(dataset, tmp_path, start)
     """A straggler of a dead run, thawed after a newer run took the folder (a new session): it
     must not publish or record anything."""
     from fastwds.convert.execute import TaskJob
+    from fastwds.convert.output import open_output
     from fastwds.convert.state import prepare_output
     from fastwds.sources import get_source
     from fastwds.sources.parquet import ParquetColumns
@@ -306,14 +308,14 @@ def test_an_attempt_of_an_earlier_run_does_not_publish(dataset, tmp_path, start)
     plan = source.plan(str(dataset), options)
     out = tmp_path / "out"
     out.mkdir()
-    prepare_output(out, plan, options, resume=False, overwrite=False, session="old")
+    prepare_output(open_output(out), plan, options, resume=False, overwrite=False, session="old")
     job = tmp_path / "job"
     job.write_bytes(pickle.dumps(TaskJob("parquet", plan.tasks[0], plan.input_root, options, str(out), "old")))
     old = start.run([sys.executable, "-c", OVERLAP_SCRIPT, str(job)], stderr=subprocess.PIPE, text=True)
     wait_for(lambda: staged_shards(out), "the old attempt's first staged shard")
     os.kill(old.pid, signal.SIGSTOP)
-    prepare_output(out, plan, options, resume=True, overwrite=False, session="new")
+    prepare_output(open_output(out), plan, options, resume=True, overwrite=False, session="new")
     os.kill(old.pid, signal.SIGCONT)
     _, stderr = old.communicate(timeout=TIMEOUT)
     assert old.returncode == 1 and "a newer run owns" in stderr
-    assert not list((out / ".fastwds" / "tasks").iterdir())
+    assert not list((out / ".fastwds" / "tasks").glob("*"))

@@ -238,6 +238,7 @@ def test_overlapping_ray_attempts_of_one_task_give_the_right_shards(cluster, par
 
     from fastwds.convert.engines.ray import ProgressBoard, run_attempt
     from fastwds.convert.execute import TaskJob, execute_task
+    from fastwds.convert.output import open_output
     from fastwds.convert.state import prepare_output
     from fastwds.sources import get_source
     from fastwds.sources.parquet import ParquetColumns
@@ -250,7 +251,7 @@ def test_overlapping_ray_attempts_of_one_task_give_the_right_shards(cluster, par
     jobs = {}
     for name, out in outs.items():
         out.mkdir()
-        prepare_output(out, plan, plan_options, resume=False, overwrite=False, session="s")
+        prepare_output(open_output(out), plan, plan_options, resume=False, overwrite=False, session="s")
         jobs[name] = TaskJob("parquet", plan.tasks[0], plan.input_root, options, str(out), "s")
     execute_task(jobs["clean"], lambda *totals: None)
     clean = {p.name: p.read_bytes() for p in outs["clean"].glob("*.tar")}
@@ -266,7 +267,7 @@ def test_overlapping_ray_attempts_of_one_task_give_the_right_shards(cluster, par
     finally:
         ray.shutdown()
     assert {p.name: p.read_bytes() for p in outs["overlap"].glob("*.tar")} == clean
-    assert [p.name for p in (outs["overlap"] / ".fastwds" / "tasks").iterdir()] == [f"{plan.tasks[0].name}.json"]
+    assert [p.name for p in (outs["overlap"] / ".fastwds" / "tasks").glob("*")] == [f"{plan.tasks[0].name}.json"]
     assert not list((outs["overlap"] / ".fastwds" / "attempts").glob("*"))
 
 

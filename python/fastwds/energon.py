@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sqlite3
 import struct
 import uuid
@@ -25,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastwds import __version__
 from fastwds.durable import write_bytes_atomically
@@ -111,6 +111,16 @@ class ShardIndex:
         """The ``.tar.idx`` bytes: native uint64 per sample start, then the end offset."""
         offsets = [offset for _, offset, _ in self.samples] + [self.end]
         return struct.pack(f"{len(offsets)}Q", *offsets)
+
+    def to_json(self) -> dict:
+        """For a task record: the index is read from the staged shard where the task ran, so the
+        end of the run needs no second pass over shards that may be in a bucket by then."""
+        return {"name": self.name, "samples": self.samples, "parts": self.parts, "end": self.end}
+
+    @classmethod
+    def from_json(cls, value: dict) -> ShardIndex:
+        return cls(value["name"], [tuple(s) for s in value["samples"]], [tuple(p) for p in value["parts"]],
+                   value["end"])
 
 
 def index_shard(root: Path, name: str) -> ShardIndex:
@@ -228,23 +238,26 @@ def dataset_uuid(shards: Iterable[dict]) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "fastwds-energon:" + digest))
 
 
-def write_energon_meta(output_dir: Path, shards: Sequence[dict], *, split_ratio: Sequence[float],
-                       sample_type: str, excluded_keys: set[str] = frozenset(),
-                       target: Path | None = None) -> dict:
-    """Write ``.nv-meta/`` and any missing ``.tar.idx`` (checking the ones the writer left) for the
-    shards in ``output_dir``. ``shards`` are manifest shard entries (name, samples, sha256);
-    ``excluded_keys`` are sample keys Energon must skip (invalid samples kept for inspection).
-    The files go under ``target`` (default: ``output_dir``; a staging folder when the caller
-    publishes them itself). Returns a summary for the manifest, with ``files``: the paths written,
-    relative to ``target``, ``.nv-meta/.info.json`` last (Energon reads a folder without it as
-    unprepared, so it must appear after the rest)."""
-    output_dir = Path(output_dir)
-    target = Path(target) if target is not None else output_dir
+def write_energon_meta(output_dir: Path | None, shards: Sequence[dict], *, split_ratio: Sequence[float],
+                       sample_type: str, excluded_keys: set[str] = frozenset(), target: Path | None = None,
+                       indexes: Sequence[ShardIndex] | None = None) -> dict:
+    """Write ``.nv-meta/`` and any missing ``.tar.idx`` for the shards in ``output_dir``.
+    ``shards`` are manifest shard entries (name, samples, sha256); ``excluded_keys`` are sample
+    keys Energon must skip (invalid samples kept for inspection). ``indexes`` are the shards'
+    indexes when already known (``convert`` reads them from each staged shard where its task
+    ran); else they are read from the shards in ``output_dir``. The files go under ``target``
+    (default: ``output_dir``; a staging folder when the caller publishes them itself). Returns a
+    summary for the manifest, with ``files``: the paths written, relative to ``target``,
+    ``.nv-meta/.info.json`` last (Energon reads a folder without it as unprepared)."""
+    target = Path(target) if target is not None else Path(output_dir)
     names = sorted(s["name"] for s in shards)  # energon prepare orders shards by sorted path
     expected = {s["name"]: s["samples"] for s in shards}
-    if foreign_energon_meta(output_dir):
-        raise InvalidInputError(f"{output_dir / META_DIR} was not written by fastwds; move it away, or convert "
-                                "with --no-energon")
+    if output_dir is not None and foreign_energon_meta(Path(output_dir)):
+        raise InvalidInputError(f"{Path(output_dir) / META_DIR} was not written by fastwds; move it away, or "
+                                "convert with --no-energon")
+    if indexes is None:
+        indexes = list(index_shards(Path(output_dir), names))
+    by_name = {index.name: index for index in indexes}
     meta = target / META_DIR
     meta.mkdir(parents=True, exist_ok=True)
     # Written in place, the folder must never look prepared before it is complete.
@@ -265,17 +278,17 @@ def write_energon_meta(output_dir: Path, shards: Sequence[dict], *, split_ratio:
             if len(index.samples) != expected[index.name]:
                 raise FastwdsError(f"{output_dir / index.name}: {len(index.samples)} samples in the tar but "
                                    f"{expected[index.name]} recorded when it was written")
-            idx = output_dir / (index.name + ".idx")
-            if not idx.exists():
+            idx = Path(output_dir) / (index.name + ".idx") if output_dir is not None else None
+            if idx is not None and not idx.exists():
                 write(index.name + ".idx", index.tar_idx())
-            elif idx.read_bytes() != index.tar_idx():
+            elif idx is not None and idx.read_bytes() != index.tar_idx():
                 raise FastwdsError(f"{idx}: does not match the shard's tar headers; delete it and run again "
                                    "with --resume")
             exclude.extend(f"{index.name}/{key}" for key, _, _ in index.samples if key in excluded_keys)
             counts[index.name] = len(index.samples)
             yield index
 
-    write_index_sqlite(meta / INDEX_SQLITE, checked(index_shards(output_dir, names)))
+    write_index_sqlite(meta / INDEX_SQLITE, checked(by_name[name] for name in names))
     files.append(f"{META_DIR}/{INDEX_SQLITE}")
     parts = split_parts(names, split_ratio)
     write(f"{META_DIR}/split.yaml", split_yaml(parts, exclude).encode())
@@ -288,24 +301,35 @@ def write_energon_meta(output_dir: Path, shards: Sequence[dict], *, split_ratio:
             "excluded_samples": len(exclude), "files": files}
 
 
-def _written_by_fastwds(meta: Path) -> bool:
-    loader = meta / "sample_loader.py"
-    return loader.is_file() and loader.read_text(encoding="utf-8").startswith(_LOADER_MARK)
+def _written_by_fastwds(output: Any) -> bool:
+    try:
+        return output.read_text(f"{META_DIR}/sample_loader.py").startswith(_LOADER_MARK)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
-def foreign_energon_meta(output_dir: Path) -> bool:
-    """True when ``OUTPUT_DIR/.nv-meta/`` holds files fastwds did not write (recognised by the
-    sample loader it writes first): those are not fastwds's to replace."""
-    meta = Path(output_dir) / META_DIR
-    return meta.is_dir() and any(meta.iterdir()) and not _written_by_fastwds(meta)
+def foreign_energon_meta(output: Any) -> bool:
+    """True when the output's ``.nv-meta/`` holds files fastwds did not write (recognised by the
+    sample loader it writes first): those are not fastwds's to replace. ``output``: a folder or a
+    ``fastwds.convert.output.Output``."""
+    output = _as_output(output)
+    return bool(output.list(META_DIR)) and not _written_by_fastwds(output)
 
 
-def remove_energon_meta(output_dir: Path) -> bool:
+def remove_energon_meta(output: Any) -> bool:
     """Remove a ``.nv-meta/`` fastwds wrote earlier, so a run without --energon does not leave an
     index describing shards that are gone. Returns True if one was removed; a ``.nv-meta/``
     someone else wrote is left alone."""
-    meta = Path(output_dir) / META_DIR
-    if not _written_by_fastwds(meta):
+    output = _as_output(output)
+    if not _written_by_fastwds(output):
         return False
-    shutil.rmtree(meta)
+    output.delete([META_DIR])
     return True
+
+
+def _as_output(output: Any) -> Any:
+    if isinstance(output, (str, os.PathLike)):
+        from fastwds.convert.output import open_output
+
+        return open_output(output)
+    return output

@@ -15,17 +15,22 @@ from fastwds.durable import write_text_atomically
 WIDS_KIND = "wids-shard-index-v1"
 
 
+def wids_document(entries: Iterable[tuple[str, int, int]], name: str) -> dict:
+    """The wids shard index for ``(url, nsamples, filesize)`` entries, urls relative to the index."""
+    shardlist = [{"url": url, "nsamples": nsamples, "filesize": filesize} for url, nsamples, filesize in entries]
+    return {"__kind__": WIDS_KIND, "wids_version": 1, "name": name, "shardlist": shardlist}
+
+
 def wids_index(shards: Iterable[ShardRecord | tuple[str, int, int]], index_path: str | os.PathLike,
                name: str) -> dict:
     """The wids shard index. ``shards`` are writer records or ``(path, nsamples, filesize)``
     tuples; urls are written relative to the index file's folder, which is how wids resolves them."""
     base = Path(index_path).resolve().parent
-    shardlist = []
+    entries = []
     for shard in shards:
         path, nsamples, filesize = (shard.path, shard.num_samples, shard.size) if isinstance(shard, ShardRecord) else shard
-        url = os.path.relpath((base / path).resolve(), base)
-        shardlist.append({"url": url, "nsamples": nsamples, "filesize": filesize})
-    return {"__kind__": WIDS_KIND, "wids_version": 1, "name": name, "shardlist": shardlist}
+        entries.append((os.path.relpath((base / path).resolve(), base), nsamples, filesize))
+    return wids_document(entries, name)
 
 
 def write_wids_index(shards: Iterable[ShardRecord | tuple[str, int, int]], index_path: str | os.PathLike,

@@ -25,14 +25,12 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-from fastwds.convert.layout import attempts_dir, attempts_log, lock_file, run_file
-from fastwds.durable import fsync_directory
+from fastwds.convert.layout import RUN_FILE
+from fastwds.convert.output import Output, OutputLockedError, holder_info, locked_message
 from fastwds.errors import FastwdsError
 
 log = logging.getLogger("fastwds")
@@ -44,10 +42,6 @@ STOP_AT_ENV = "FASTWDS_TEST_STOP_AT"
 ATTEMPT_OWNER = ".owner.json"
 
 
-class OutputLockedError(FastwdsError):
-    """Another live fastwds run is writing to the same output folder."""
-
-
 class SupersededError(FastwdsError):
     """An attempt of an earlier run (session) tried to publish into a folder a newer run owns."""
 
@@ -56,15 +50,11 @@ def new_session() -> str:
     return uuid.uuid4().hex
 
 
-def current_session(output_dir: Path) -> str | None:
+def current_session(output: Output) -> str | None:
     try:
-        return json.loads(run_file(output_dir).read_text()).get("session")
+        return json.loads(output.read_text(RUN_FILE)).get("session")
     except (OSError, ValueError):
         return None
-
-
-def _holder() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _try_lock(fd: int) -> bool:
@@ -76,24 +66,17 @@ def _try_lock(fd: int) -> bool:
 
 
 class RunLock:
-    """The output folder's run lock, held from before anything is read until the manifest is
+    """A local output folder's run lock, held from before anything is read until the manifest is
     written. Released by ``release`` or, whatever happens, when the process ends."""
 
-    def __init__(self, output_dir: Path) -> None:
-        path = lock_file(output_dir)
+    def __init__(self, path: Path, location: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _try_lock(self.fd):
             holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
             os.close(self.fd)
-            try:
-                who = json.loads(holder)
-                what = f"pid {who['pid']} on {who['host']}, started {who['started']}"
-            except (ValueError, KeyError, TypeError):
-                what = "holder unknown"
-            raise OutputLockedError(f"{output_dir} is being written by another fastwds run ({what}); wait for it to "
-                                    "finish or stop it, then run again (with --resume to continue its work)")
-        info = json.dumps(_holder()).encode()
+            raise OutputLockedError(locked_message(location, holder))
+        info = json.dumps(holder_info()).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, info, 0)
 
@@ -113,20 +96,18 @@ class Attempt:
     """One attempt at one task: its staging folder (locked while the attempt lives), then
     publishing and the record. Create it in the process that does the work."""
 
-    def __init__(self, output_dir: Path, task_name: str, session: str) -> None:
-        self.output_dir = output_dir
+    def __init__(self, output: Output, task_name: str, session: str) -> None:
+        self.output = output
         self.task_name = task_name
         self.session = session
         self.id = uuid.uuid4().hex[:12]
-        self.dir = attempts_dir(output_dir) / f"{task_name}.{self.id}"
+        self.dir = output.staging_root() / f"{task_name}.{self.id}"
         self.dir.mkdir(parents=True)
         self.lock_fd = os.open(self.dir / ATTEMPT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)  # new and unique: never contended
-        owner = json.dumps({**_holder(), "task": task_name, "attempt": self.id, "session": session})
+        owner = json.dumps({**holder_info(), "task": task_name, "attempt": self.id, "session": session})
         (self.dir / ATTEMPT_OWNER).write_text(owner)
-        # One short O_APPEND write per attempt: lines from concurrent attempts do not interleave.
-        with open(attempts_log(output_dir), "a", encoding="utf-8") as attempts:
-            attempts.write(owner + "\n")
+        output.log_attempt(owner)
 
     def staged_files(self) -> list[str]:
         """The complete files the writer left in the staging folder, sidecar indexes first and
@@ -136,17 +117,17 @@ class Attempt:
         return sorted(names, key=lambda name: (name.endswith(".tar"), name))
 
     def check_current(self) -> None:
-        if current_session(self.output_dir) != self.session:
-            raise SupersededError(f"task {self.task_name}: a newer run owns {self.output_dir}; this attempt "
+        if current_session(self.output) != self.session:
+            raise SupersededError(f"task {self.task_name}: a newer run owns {self.output.location}; this attempt "
                                   "(of an earlier run) does not publish")
 
     def publish(self) -> None:
-        """Move every staged file to its final name (replacing an identical copy another attempt
-        of this task may have published), then make the renames durable."""
+        """Give every staged file its final name (replacing an identical copy another attempt of
+        this task may have published), then make that durable."""
         self.check_current()
         for name in self.staged_files():
-            os.replace(self.dir / name, self.output_dir / name)
-        fsync_directory(self.output_dir)
+            self.output.publish(self.dir / name, name)
+        self.output.flush()
         stop_here("published")
 
     def close(self) -> None:
@@ -168,11 +149,11 @@ def stop_here(point: str) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def remove_dead_attempts(output_dir: Path) -> int:
+def remove_dead_attempts(output: Output) -> int:
     """Remove the staging folders of attempts that are no longer alive (their lock can be
     taken); a live attempt's folder is left alone. Returns how many were removed."""
     removed = 0
-    root = attempts_dir(output_dir)
+    root = output.staging_root()
     if not root.is_dir():
         return 0
     for folder in sorted(root.iterdir()):

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from fastwds.convert.commit import Attempt
+from fastwds.convert.output import open_output
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.pipeline import run_task
 from fastwds.convert.plan import Task
 from fastwds.convert.state import write_record
+from fastwds.energon import index_shard
+from fastwds.errors import FastwdsError
 from fastwds.sources import get_source
 
 
@@ -27,7 +30,7 @@ class TaskJob:
     task: Task
     input_root: str
     options: ConvertOptions
-    output_dir: str
+    output_dir: str  # a local folder or an s3:// URL
     session: str  # the run's session: an attempt of an older run never publishes (see commit.py)
 
 
@@ -36,7 +39,7 @@ def execute_task(job: TaskJob, report: Callable[[str, int, int, int], None]) -> 
     returns its record. ``report(task, rows, written, bytes)`` receives the attempt's running
     totals. Any number of attempts of one task may run at once (see commit.py)."""
     source = get_source(job.source)
-    output = Path(job.output_dir)
+    output = open_output(job.output_dir)
     totals = [0, 0, 0]
 
     def progress(rows: int, written: int, size: int) -> None:
@@ -52,7 +55,18 @@ def execute_task(job: TaskJob, report: Callable[[str, int, int, int], None]) -> 
             batches = source.read_task(job.input_root, job.task, job.options)
             result = run_task(job.task, batches, converter, job.options, attempt.dir, progress=progress)
         record = asdict(result)
+        if job.options.energon_index:
+            record["energon"] = [energon_index(attempt.dir, shard["name"]) for shard in record["shards"]]
         attempt.publish()
         attempt.check_current()
         write_record(output, job.task, record)
     return record
+
+
+def energon_index(staging: Path, name: str) -> dict:
+    """Energon's index of a staged shard, from its own tar headers, checked against the
+    ``.tar.idx`` the writer left beside it."""
+    index = index_shard(staging, name)
+    if (staging / f"{name}.idx").read_bytes() != index.tar_idx():
+        raise FastwdsError(f"internal error: {name}.idx disagrees with the shard's tar headers; refusing to publish")
+    return index.to_json()

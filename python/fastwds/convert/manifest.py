@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from fastwds import __version__
-from fastwds.convert.layout import MANIFEST_NAME
 from fastwds.convert.plan import Plan
-from fastwds.durable import write_text_atomically
 
 
 def build_manifest(command: str, plan: Plan, output_options: dict[str, Any], task_records: list[dict],
@@ -45,9 +41,3 @@ def build_manifest(command: str, plan: Plan, output_options: dict[str, Any], tas
         "elapsed_seconds": round(elapsed, 3),
         "resumed": resumed,
     }
-
-
-def write_manifest(output_dir: Path, manifest: dict[str, Any]) -> Path:
-    path = output_dir / MANIFEST_NAME
-    write_text_atomically(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return path

@@ -9,20 +9,19 @@ import logging
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
-from fastwds.convert.commit import RunLock, new_session, remove_dead_attempts
+from fastwds.convert.commit import new_session, remove_dead_attempts
 from fastwds.convert.engines import get_engine
 from fastwds.convert.execute import TaskJob
-from fastwds.convert.layout import FINISH_STAGING_DIR, REJECTS_NAME, WIDS_INDEX_NAME, state_dir
-from fastwds.convert.manifest import build_manifest, write_manifest
+from fastwds.convert.layout import MANIFEST_NAME, REJECTS_NAME, STATE_DIR, WIDS_INDEX_NAME
+from fastwds.convert.manifest import build_manifest
 from fastwds.convert.options import ConvertOptions
+from fastwds.convert.output import Output, open_output
 from fastwds.convert.plan import Plan
-from fastwds.convert.state import is_finished, prepare_output, read_record
-from fastwds.durable import fsync_directory, write_text_atomically
+from fastwds.convert.state import prepare_output, read_record
 from fastwds.errors import NothingWrittenError
-from fastwds.indexes import write_wids_index
+from fastwds.indexes import wids_document
 from fastwds.progress import ProgressReporter
 from fastwds.reasons import check_reason
 from fastwds.sources import get_source
@@ -33,27 +32,27 @@ log = logging.getLogger("fastwds")
 def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, *, command: str,
             resume: bool = False, overwrite: bool = False, show_progress: bool = True,
             engine: str = "local", engine_settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``plan`` into ``output_dir``; returns the manifest. Holds the folder's run lock
-    throughout (see commit.py): a second run on the same folder is refused."""
+    """Run ``plan`` into ``output_dir`` (a folder or an s3:// URL); returns the manifest. Holds
+    the output's run lock throughout (see commit.py): a second run on the same output is refused."""
     started = time.perf_counter()
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    fresh = not state_dir(output).exists()
-    with RunLock(output):
+    output = open_output(output_dir)
+    fresh = not output.list(STATE_DIR)
+    with output.lock():
         session = new_session()
         try:
             resumed = prepare_output(output, plan, options, resume, overwrite, session)
         except BaseException:
-            if fresh:  # refused before starting: leave the folder as it was
-                shutil.rmtree(state_dir(output), ignore_errors=True)
+            if fresh:  # refused before starting: leave the output as it was
+                output.delete([STATE_DIR])
             raise
         if removed := remove_dead_attempts(output):
             log.info("removed the staging files of %d attempt(s) of an earlier run", removed)
-        pending = [t for t in plan.tasks if not is_finished(output, t)]
+        finished = output.recorded_tasks()
+        pending = [t for t in plan.tasks if t.name not in finished]
         if resumed:
             log.info("resuming: %d of %d tasks already finished", len(plan.tasks) - len(pending), len(plan.tasks))
         progress = ProgressReporter(sum(t.num_rows for t in pending), enabled=show_progress)
-        jobs = [TaskJob(plan.source, task, plan.input_root, options, str(output), session) for task in pending]
+        jobs = [TaskJob(plan.source, task, plan.input_root, options, output.location, session) for task in pending]
         settings = dict(engine_settings or {})
         if engine == "local":
             settings.setdefault("num_workers", options.num_workers)
@@ -67,6 +66,9 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
             if isinstance(error, KeyboardInterrupt):
                 log.error("interrupted: finished shards are kept; run again with --resume to complete")
             raise
+        finally:
+            if aborted := output.abort_uploads():  # what killed uploads of dead attempts left
+                log.info("aborted %d pending multipart upload(s) of dead attempts", aborted)
         progress.show()
         progress.close()
         remove_dead_attempts(output)  # attempts whose worker died and whose task was retried
@@ -78,37 +80,37 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
     return manifest
 
 
-def nothing_written_message(manifest: dict[str, Any], output: Path) -> str:
+def nothing_written_message(manifest: dict[str, Any], output: Output) -> str:
     reasons = sorted(manifest["invalid_by_reason"].items(), key=lambda item: -item[1])
     top = ", ".join(f"{reason}: {count:,}" for reason, count in reasons[:3])
     return (f"every one of the {manifest['totals']['rows']:,} input rows was rejected ({top}); no shard was "
-            f"written. The reasons, row by row: {output / REJECTS_NAME}")
+            f"written. The reasons, row by row: {output.location}/{REJECTS_NAME}")
 
 
-def finalize(output: Path, plan: Plan, options: ConvertOptions, records: list[dict], command: str,
+def finalize(output: Output, plan: Plan, options: ConvertOptions, records: list[dict], command: str,
              elapsed: float, resumed: bool, engine: str = "local") -> dict[str, Any]:
     source = get_source(plan.source)
-    staging = state_dir(output) / FINISH_STAGING_DIR
+    staging = output.staging_root().parent / "finish"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    finish = source.finish(output, plan, options, records, staging)
-    for relative in finish.files:  # in the order the source gives: a completion marker goes last
-        target = output / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / relative, target)
-        fsync_directory(target.parent)
-    shutil.rmtree(staging)
+    try:
+        finish = source.finish(output, plan, options, records, staging)
+        for relative in finish.files:  # in the order the source gives: a completion marker goes last
+            output.publish(staging / relative, relative)
+        output.flush()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     rejects = [r for record in records for r in record["rejects"]] + finish.rejects
-    write_text_atomically(output / REJECTS_NAME, "".join(_json_line(r) for r in rejects))
+    output.write_text(REJECTS_NAME, "".join(_json_line(r) for r in rejects))
     manifest = build_manifest(command, plan, options.output_options(), records, elapsed, resumed)
     manifest["engine"] = engine  # of this run: a run may resume on another engine, with the same bytes
     if finish.stats:
         manifest["stats"] = finish.stats
     manifest.update(finish.sections)
-    write_wids_index([(s["name"], s["samples"], s["bytes"]) for s in manifest["shards"]],
-                     output / WIDS_INDEX_NAME, name=output.resolve().name)
+    wids = wids_document([(s["name"], s["samples"], s["bytes"]) for s in manifest["shards"]], output.name)
+    output.write_text(WIDS_INDEX_NAME, json.dumps(wids, indent=2) + "\n")
     manifest["indexes"] = {"wids": WIDS_INDEX_NAME, "rejects": REJECTS_NAME}
-    write_manifest(output, manifest)
+    output.write_text(MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
 
 

@@ -1,30 +1,26 @@
-"""The state of a conversion in its output folder, read and written by the driver: whether the
-folder holds a run to resume (and with the same input and options), which tasks are finished, and
+"""The state of a conversion in its output, read and written by the driver: whether the output
+holds a run to resume (and with the same input and options), which tasks are finished, and
 clearing an earlier run. A task is finished exactly when its record exists."""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-from pathlib import Path
 from typing import Any
 
 from fastwds.convert.layout import (
-    ATTEMPTS_DIR,
     LOCK_FILE,
     MANIFEST_NAME,
     REJECTS_NAME,
+    RUN_FILE,
+    STATE_DIR,
     WIDS_INDEX_NAME,
-    run_file,
-    state_dir,
-    task_outputs,
-    task_record_path,
-    tasks_dir,
+    is_task_output,
+    task_record,
 )
 from fastwds.convert.options import ConvertOptions
+from fastwds.convert.output import Output
 from fastwds.convert.plan import Plan, Task
-from fastwds.durable import write_text_atomically
 from fastwds.energon import remove_energon_meta
 from fastwds.errors import InvalidInputError, ResumeMismatchError
 
@@ -37,72 +33,62 @@ def wanted_run(plan: Plan, options: ConvertOptions) -> dict[str, Any]:
                                   "tasks": [t.name for t in plan.tasks]}, default=str))
 
 
-def prepare_output(output_dir: Path, plan: Plan, options: ConvertOptions, resume: bool, overwrite: bool,
+def prepare_output(output: Output, plan: Plan, options: ConvertOptions, resume: bool, overwrite: bool,
                    session: str) -> bool:
-    """Decide what to do with an existing output folder (the caller holds its run lock), and
-    start this run's session. Returns True when resuming."""
+    """Decide what to do with an existing output (the caller holds its run lock), and start this
+    run's session. Returns True when resuming."""
     wanted = wanted_run(plan, options)
     resuming = False
-    if run_file(output_dir).exists():
-        previous = json.loads(run_file(output_dir).read_text())
+    if output.exists(RUN_FILE):
+        previous = json.loads(output.read_text(RUN_FILE))
         if overwrite:
-            clear_output(output_dir, previous)
+            clear_output(output, previous)
         elif not resume:
-            raise InvalidInputError(f"{output_dir} already holds a fastwds run (finished or interrupted); "
+            raise InvalidInputError(f"{output.location} already holds a fastwds run (finished or interrupted); "
                                     "pass --resume to finish it, or --overwrite to start over")
         else:
             if previous["options"] != wanted["options"]:
                 changed = sorted(k for k in wanted["options"] if previous["options"].get(k) != wanted["options"][k])
-                raise ResumeMismatchError(f"cannot resume {output_dir}: options differ from the interrupted "
+                raise ResumeMismatchError(f"cannot resume {output.location}: options differ from the interrupted "
                                           f"run ({', '.join(changed)}); use the same options, or --overwrite")
             if previous["plan"] != wanted["plan"]:
-                raise ResumeMismatchError(f"cannot resume {output_dir}: the input changed since the interrupted "
-                                          "run (files added, removed or modified); use --overwrite to start over")
+                raise ResumeMismatchError(f"cannot resume {output.location}: the input changed since the "
+                                          "interrupted run (files added, removed or modified); use --overwrite "
+                                          "to start over")
             resuming = True
     elif resume:
-        log.info("%s: nothing to resume, starting a new run", output_dir)
+        log.info("%s: nothing to resume, starting a new run", output.location)
     if not resuming:
-        # Files with our names that no fastwds run of this folder wrote are not ours to replace.
-        foreign = [p.name for t in plan.tasks for p in task_outputs(output_dir, t.name)]
+        # Files with our names that no fastwds run of this output wrote are not ours to replace.
+        names = output.list()
+        foreign = [name for task in plan.tasks for name in names if is_task_output(name, task.name)]
         if foreign:
-            raise InvalidInputError(f"{output_dir} already has {', '.join(foreign[:3])}"
+            raise InvalidInputError(f"{output.location} already has {', '.join(foreign[:3])}"
                                     f"{' and more' if len(foreign) > 3 else ''}, not written by a fastwds run "
                                     "there; choose an empty folder or move those files")
-    # run.json first: a tasks folder then always means a run that --resume can finish. A new
-    # session each run: attempts of an earlier run, should any still live, stop publishing.
-    state_dir(output_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomically(run_file(output_dir), json.dumps({**wanted, "session": session}, indent=2))
-    tasks_dir(output_dir).mkdir(exist_ok=True)
+    # run.json first: records then always belong to a run that --resume can finish. A new session
+    # each run: attempts of an earlier run, should any still live, stop publishing.
+    output.write_text(RUN_FILE, json.dumps({**wanted, "session": session}, indent=2))
     return resuming
 
 
-def clear_output(output_dir: Path, previous: dict[str, Any]) -> None:
+def clear_output(output: Output, previous: dict[str, Any]) -> None:
     """Remove what an earlier fastwds run wrote (only that): the files of every task it planned
-    (published whole, finished or not), its dataset files and its state, but the run lock."""
-    for task_name in previous.get("tasks") or [p.stem for p in tasks_dir(output_dir).glob("*.json")]:
-        remove_task_outputs(output_dir, task_name)
-    for name in (MANIFEST_NAME, REJECTS_NAME, WIDS_INDEX_NAME):
-        (output_dir / name).unlink(missing_ok=True)
-    remove_energon_meta(output_dir)
-    for entry in state_dir(output_dir).iterdir():
-        if entry.name in (LOCK_FILE, ATTEMPTS_DIR):  # attempts: see commit.remove_dead_attempts
-            continue
-        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    (published whole, finished or not), its dataset files and its state, but the run lock and
+    attempts' staging (see commit.remove_dead_attempts)."""
+    planned = previous.get("tasks") or sorted(output.recorded_tasks())
+    names = output.list()
+    output.delete([name for name in names for task in planned if is_task_output(name, task)]
+                  + [name for name in (MANIFEST_NAME, REJECTS_NAME, WIDS_INDEX_NAME) if name in names])
+    remove_energon_meta(output)
+    state = [f"{STATE_DIR}/{name}" for name in output.list(STATE_DIR)]
+    output.delete([name for name in state if name != LOCK_FILE and not name.startswith(f"{STATE_DIR}/attempts/")])
 
 
-def remove_task_outputs(output_dir: Path, task_name: str) -> None:
-    for path in task_outputs(output_dir, task_name):
-        path.unlink()
+def read_record(output: Output, task: Task) -> dict[str, Any]:
+    return json.loads(output.read_text(task_record(task.name)))
 
 
-def is_finished(output_dir: Path, task: Task) -> bool:
-    return task_record_path(output_dir, task.name).exists()
-
-
-def read_record(output_dir: Path, task: Task) -> dict[str, Any]:
-    return json.loads(task_record_path(output_dir, task.name).read_text())
-
-
-def write_record(output_dir: Path, task: Task, record: dict[str, Any]) -> None:
+def write_record(output: Output, task: Task, record: dict[str, Any]) -> None:
     """The task's last write: from here on ``--resume`` treats the task as finished."""
-    write_text_atomically(task_record_path(output_dir, task.name), json.dumps(record, ensure_ascii=False))
+    output.write_text(task_record(task.name), json.dumps(record, ensure_ascii=False))

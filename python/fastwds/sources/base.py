@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fastwds.convert.options import ConvertOptions
+from fastwds.convert.output import Output
 from fastwds.convert.pipeline import BatchConverter
 from fastwds.convert.plan import Plan, Task
 
@@ -107,8 +108,8 @@ class Source:
     def make_converter(self, task: Task, options: ConvertOptions, executor: ThreadPoolExecutor) -> BatchConverter:
         raise NotImplementedError
 
-    def finish(self, output_dir: Path, plan: Plan, options: ConvertOptions, records: list[dict],
+    def finish(self, output: Output, plan: Plan, options: ConvertOptions, records: list[dict],
                staging: Path) -> Finish:
         """After every task: statistics, extra rejects, dataset files (written under ``staging``).
-        ``output_dir`` holds the finished shards; ``records`` are the task records in plan order."""
+        ``output`` holds the finished shards; ``records`` are the task records in plan order."""
         return Finish()

@@ -40,7 +40,9 @@ from typing import Any
 
 from fastwds.convert.engines import TaskFailed, TaskProgress
 from fastwds.convert.execute import TaskJob, execute_task
-from fastwds.convert.layout import state_dir
+from fastwds import storage
+from fastwds.convert.layout import PROBES_DIR
+from fastwds.convert.output import open_output
 from fastwds.errors import FastwdsError, InvalidInputError
 
 log = logging.getLogger("fastwds")
@@ -80,7 +82,7 @@ def core_build() -> str:
     return hashlib.sha256(Path(_core.__file__).read_bytes()).hexdigest()[:16]
 
 
-def node_facts(input_root: str, output_dir: str, probe_name: str) -> dict[str, Any]:
+def node_facts(input_root: str, output_location: str, probe_name: str) -> dict[str, Any]:
     """What a node must agree on with the driver (run on every node, and on the driver)."""
     import PIL
     from PIL import features
@@ -89,16 +91,23 @@ def node_facts(input_root: str, output_dir: str, probe_name: str) -> dict[str, A
 
     facts: dict[str, Any] = {"host": socket.gethostname(), "fastwds": __version__, "core": core_build(),
                              "python": sys.version.split()[0], "pillow": PIL.__version__,
-                             "libjpeg": features.version("jpg"), "input": os.access(input_root, os.R_OK),
-                             "output": None}
-    try:  # write a probe file the driver then looks for: the node and the driver share the folder
-        probes = state_dir(Path(output_dir)) / "probes"
-        probes.mkdir(parents=True, exist_ok=True)
-        (probes / probe_name).write_text(facts["host"])
+                             "libjpeg": features.version("jpg"), "input": can_read(input_root), "output": None}
+    try:  # write a probe file the driver then looks for: the node and the driver share the output
+        open_output(output_location).write_text(f"{PROBES_DIR}/{probe_name}", facts["host"])
         facts["output"] = True
-    except OSError as error:
-        facts["output"] = f"cannot write there: {error.strerror or error}"
+    except (OSError, FastwdsError) as error:
+        facts["output"] = f"cannot write there: {getattr(error, 'strerror', None) or error}"
     return facts
+
+
+def can_read(location: str) -> bool:
+    try:
+        if storage.is_url(location):
+            next(storage.list_objects(storage.parse_url(location)), None)
+            return True
+        return os.access(location, os.R_OK)
+    except (OSError, FastwdsError):
+        return False
 
 
 def run_attempt(job: TaskJob, board: Any) -> None:
@@ -277,16 +286,15 @@ class RayEngine:
                 problems.append(f"{where}: cannot read the input {job.input_root}")
             if facts["output"] is not True:
                 problems.append(f"{where}: the output folder {job.output_dir}: {facts['output']}")
-        probes = state_dir(Path(job.output_dir)) / "probes"
-        seen = {p.name for p in probes.iterdir()} if probes.is_dir() else set()
+        output = open_output(job.output_dir)
+        seen = set(output.list(PROBES_DIR))
         for node_id in refs:
             if any(node_id[:12] in problem for problem in problems):
                 continue
             if not any(name.startswith(node_id[:12]) for name in seen):
                 problems.append(f"node {node_id[:12]}: writes to {job.output_dir} do not reach the driver's folder of "
                                 "that name (not a shared file system)")
-        for name in seen:
-            (probes / name).unlink(missing_ok=True)
+        output.delete([f"{PROBES_DIR}/{name}" for name in seen])
         if problems:
             raise InvalidInputError("the Ray cluster cannot run this job identically on every node:\n  "
                                     + "\n  ".join(problems))

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastwds.convert.options import ConvertOptions
-from fastwds.convert.plan import Plan, Task
 from fastwds.arguments import positional_or_flag
+from fastwds.convert.options import ConvertOptions
+from fastwds.convert.output import Output
+from fastwds.convert.plan import Plan, Task
 from fastwds.sources.base import Finish, Source, SourceJob
 from fastwds.sources.npz.convert import LABELS_MEMBER, VolumeConverter, read_task, summarize
 from fastwds.sources.npz.plan import ON_OVERFLOW, NpzOptions, NpzPlan, find_volumes, plan_npz, volume_key
@@ -111,7 +112,7 @@ class NpzSource(Source):
     def make_converter(self, task: Task, options: ConvertOptions, executor: ThreadPoolExecutor) -> VolumeConverter:
         return VolumeConverter(task, options)
 
-    def finish(self, output_dir: Path, plan: Plan, options: ConvertOptions, records: list[dict],
+    def finish(self, output: Output, plan: Plan, options: ConvertOptions, records: list[dict],
                staging: Path) -> Finish:
         """What only the whole run knows: CSV rows without volumes (rejects), sizes and float16
         precision over all volumes, the label columns, and ``volumes.jsonl``."""

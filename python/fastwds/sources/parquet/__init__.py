@@ -12,9 +12,9 @@ import argparse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fastwds.arguments import positional_or_flag
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan, Task
-from fastwds.arguments import positional_or_flag
 from fastwds.sources.base import Source, SourceJob
 from fastwds.sources.chat import ChatConverter
 from fastwds.sources.parquet.plan import ParquetColumns, plan_parquet

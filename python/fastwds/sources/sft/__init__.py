@@ -18,18 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from fastwds import portable_key
+from fastwds.arguments import parse_size
 from fastwds.convert.options import ConvertOptions
+from fastwds.convert.output import Output, open_output
 from fastwds.convert.plan import Plan, Task
 from fastwds.energon import (
     DEFAULT_SAMPLE_TYPE,
     ENERGON_VERSION,
     META_DIR,
+    ShardIndex,
     foreign_energon_meta,
     parse_split_ratio,
     write_energon_meta,
 )
 from fastwds.errors import InvalidInputError
-from fastwds.arguments import parse_size
 from fastwds.sources.base import Finish, Source, SourceJob
 from fastwds.sources.sft.convert import SftConverter, check_names_agree
 from fastwds.sources.sft.media import read_task
@@ -91,7 +93,7 @@ class SftSource(Source):
                          media_root=os.path.abspath(args.media_root) if args.media_root is not None else None,
                          energon=args.energon, split_ratio=args.split_ratio or "1,0,0", sample_type=args.sample_type,
                          media_outside_root=args.allow_media_outside_root, max_media_bytes=args.max_media_size)
-        if sft.energon and foreign_energon_meta(Path(output_dir)):  # refuse now, not after converting
+        if sft.energon and foreign_energon_meta(open_output(output_dir)):  # refuse now, not after converting
             raise InvalidInputError(f"{os.path.join(output_dir, META_DIR)} was not written by fastwds; move it away, "
                                     "or convert with --no-energon")
         return SourceJob(data, output_dir, sft, {"energon_index": sft.energon})
@@ -113,7 +115,7 @@ class SftSource(Source):
     def make_converter(self, task: Task, options: ConvertOptions, executor: ThreadPoolExecutor) -> SftConverter:
         return SftConverter(task, options, executor)
 
-    def finish(self, output_dir: Path, plan: Plan, options: ConvertOptions, records: list[dict],
+    def finish(self, output: Output, plan: Plan, options: ConvertOptions, records: list[dict],
                staging: Path) -> Finish:
         """Energon's ``.nv-meta/``, with the invalid samples kept by --on-invalid keep excluded."""
         sft: SftOptions = options.source_options
@@ -123,9 +125,14 @@ class SftSource(Source):
         if not shards:
             log.warning("no samples were written: no Energon .nv-meta/ (see rejects.jsonl)")
             return Finish()
+        if foreign_energon_meta(output):
+            raise InvalidInputError(f"{output.location}/{META_DIR} was not written by fastwds; move it away, or "
+                                    "convert with --no-energon")
         kept_invalid = {portable_key(r["id"]) for record in records for r in record["rejects"] if r["action"] == "kept"}
-        energon = write_energon_meta(output_dir, shards, split_ratio=parse_split_ratio(sft.split_ratio),
-                                     sample_type=sft.sample_type, excluded_keys=kept_invalid, target=staging)
+        indexes = [ShardIndex.from_json(index) for record in records for index in record["energon"]]
+        energon = write_energon_meta(None, shards, split_ratio=parse_split_ratio(sft.split_ratio),
+                                     sample_type=sft.sample_type, excluded_keys=kept_invalid, target=staging,
+                                     indexes=indexes)
         files = energon.pop("files")
         return Finish(sections={"energon": energon}, files=files)
 

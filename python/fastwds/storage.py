@@ -1,0 +1,282 @@
+"""Object storage: ``s3://bucket/key`` URLs for inputs and outputs, on AWS S3 or any S3-compatible
+store (MinIO, Cloudflare R2, Ceph, Google Cloud Storage's XML interoperability endpoint, ...).
+
+Clients, chosen for what each does best (see README, "Object storage"):
+- **boto3** for objects: credentials and endpoints the standard way (environment,
+  ``AWS_PROFILE`` and ``~/.aws`` profiles, ``AWS_ENDPOINT_URL``, instance roles), retries with
+  backoff (adaptive mode, for throttling), and ``upload_file``, which uploads a complete local
+  file, multipart above a threshold, and aborts the multipart upload when anything fails, Ctrl-C
+  included: an object appears only when it is complete. (Streaming through an fsspec or pyarrow
+  writer and raising mid-way publishes the truncated object.)
+- **pyarrow's S3FileSystem** for random-access reads (parquet row groups, NPZ members, shards):
+  native ranged GETs, one per column chunk. pyarrow ignores ``AWS_ENDPOINT_URL`` and signs
+  nothing without credentials, so it is given what botocore resolved.
+
+Credentials never reach the manifest or the logs: only URLs do.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from fastwds.errors import FastwdsError, InvalidInputError
+
+SCHEMES = ("s3",)
+# Uploads: multipart above this size, in parts of this size, this many parts at once.
+MULTIPART_THRESHOLD = 64 << 20
+MULTIPART_PART = 64 << 20
+UPLOAD_CONCURRENCY = 4
+
+
+class StorageError(FastwdsError):
+    """An object store refused or failed a request (the message names the URL)."""
+
+
+@dataclass(frozen=True)
+class S3Url:
+    bucket: str
+    key: str  # no leading slash; '' for the bucket itself
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def join(self, *parts: str) -> S3Url:
+        key = posixpath.normpath(posixpath.join(self.key, *parts)).lstrip("/")
+        return S3Url(self.bucket, "" if key == "." else key)
+
+    def relative_to(self, base: S3Url) -> str:
+        prefix = base.key.rstrip("/") + "/" if base.key else ""
+        return self.key[len(prefix):]
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    return "://" in os.fspath(location)
+
+
+def parse_url(location: str | os.PathLike) -> S3Url:
+    """``s3://bucket/key``; any other scheme is refused by name (it must never become a local
+    folder called ``gs:``)."""
+    text = os.fspath(location)
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() not in SCHEMES:
+        raise InvalidInputError(f"{text}: fastwds reads and writes local paths and s3:// URLs (AWS S3 or any "
+                                "S3-compatible store, via AWS_ENDPOINT_URL), not {scheme}://")
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise InvalidInputError(f"{text}: no bucket in the URL (s3://BUCKET/PREFIX)")
+    return S3Url(bucket, posixpath.normpath(key).lstrip("/") if key.strip("/") else "")
+
+
+def check_location(location: str | os.PathLike) -> None:
+    """Refuse what looks like a URL but is not one fastwds handles, and ``s3:/x`` typos that
+    would become local folders."""
+    text = os.fspath(location)
+    if is_url(text):
+        parse_url(text)
+    elif text.lower().startswith(("s3:", "gs:", "gcs:", "http:", "https:", "az:", "abfs:", "hf:")):
+        raise InvalidInputError(f"{text}: not a valid URL (did you mean {text.split(':', 1)[0]}://...?); "
+                                "fastwds will not create a local folder of that name")
+
+
+# -- clients --------------------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def client() -> Any:
+    """A boto3 S3 client for this thread (botocore clients are thread-safe, sessions are not; one
+    per thread keeps it simple and fork-safe: workers make their own)."""
+    if getattr(_local, "pid", None) != os.getpid():
+        _local.pid, _local.client = os.getpid(), None
+    if _local.client is None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise InvalidInputError("s3:// URLs need boto3: pip install 'fastwds[s3]'") from None
+        config = Config(retries={"total_max_attempts": 8, "mode": "adaptive"}, max_pool_connections=64)
+        _local.client = boto3.session.Session().client("s3", config=config)
+    return _local.client
+
+
+@cache
+def arrow_filesystem() -> Any:
+    """pyarrow's S3FileSystem with botocore's endpoint, region and credentials (pyarrow would
+    ignore AWS_ENDPOINT_URL and send unsigned requests without credentials)."""
+    from pyarrow import fs
+
+    s3 = client()
+    credentials = s3._request_signer._credentials  # resolved by botocore's standard chain
+    if credentials is None:
+        raise StorageError("no AWS credentials found (environment, AWS_PROFILE / ~/.aws, or an instance role)")
+    frozen = credentials.get_frozen_credentials()
+    endpoint = s3.meta.endpoint_url
+    scheme = "http" if endpoint.startswith("http://") else "https"
+    return fs.S3FileSystem(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token,
+                           region=s3.meta.region_name or "us-east-1", scheme=scheme,
+                           endpoint_override=endpoint.split("://", 1)[1])
+
+
+def describe_error(error: Exception, url: S3Url | str) -> Exception:
+    """A clear, typed error naming the URL, from a boto3 / botocore / pyarrow one."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    except ImportError:  # pragma: no cover - boto3 is there whenever a client was made
+        return StorageError(f"{url}: {error}")
+    if isinstance(error, NoCredentialsError):
+        return StorageError(f"{url}: no AWS credentials found (environment variables, AWS_PROFILE / ~/.aws, or an "
+                            "instance role)")
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchBucket",):
+            bucket = url.bucket if isinstance(url, S3Url) else parse_url(url).bucket
+            return StorageError(f"{url}: bucket {bucket!r} does not exist")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return FileNotFoundError(2, "no such object", str(url))
+        if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
+            return PermissionError(13, f"access denied ({code})", str(url))
+        if code in ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503") or status == 503:
+            return StorageError(f"{url}: the store kept throttling requests ({code}) after retries with backoff")
+        return StorageError(f"{url}: {code or status}: {error.response.get('Error', {}).get('Message', error)}")
+    if isinstance(error, BotoCoreError):
+        return StorageError(f"{url}: {error}")
+    return error
+
+
+def _call(url: S3Url, method: str, **kwargs: Any) -> Any:
+    try:
+        return getattr(client(), method)(**kwargs)
+    except Exception as error:
+        raise describe_error(error, url) from None
+
+
+# -- objects ---------------------------------------------------------------------------------------
+
+def head(url: S3Url) -> dict[str, Any] | None:
+    """``{"size", "etag"}`` of an object, or None when there is none."""
+    try:
+        response = client().head_object(Bucket=url.bucket, Key=url.key)
+    except Exception as error:
+        described = describe_error(error, url)
+        if isinstance(described, FileNotFoundError):
+            return None
+        raise described from None
+    return {"size": response["ContentLength"], "etag": response["ETag"].strip('"')}
+
+
+def read_bytes(url: S3Url, start: int | None = None, stop: int | None = None) -> bytes:
+    """The object's bytes, or bytes ``[start, stop)`` of it (one ranged GET)."""
+    extra = {"Range": f"bytes={start}-{stop - 1}"} if start is not None and stop is not None else {}
+    if start is not None and stop is not None and stop <= start:
+        return b""
+    body = _call(url, "get_object", Bucket=url.bucket, Key=url.key, **extra)["Body"]
+    try:
+        return body.read()
+    except Exception as error:
+        raise describe_error(error, url) from None
+
+
+def put_bytes(url: S3Url, data: bytes) -> None:
+    """One PUT: the object appears whole or not at all."""
+    _call(url, "put_object", Bucket=url.bucket, Key=url.key, Body=data)
+
+
+def create_bytes(url: S3Url, data: bytes) -> bool:
+    """PUT only if no object is there (If-None-Match: *); False when one already is."""
+    try:
+        client().put_object(Bucket=url.bucket, Key=url.key, Body=data, IfNoneMatch="*")
+        return True
+    except Exception as error:
+        response = getattr(error, "response", {}) or {}
+        if response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+            return False
+        raise describe_error(error, url) from None
+
+
+def upload_file(local: str | os.PathLike, url: S3Url) -> None:
+    """Upload a complete local file; multipart above ``MULTIPART_THRESHOLD``, aborted on failure."""
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_PART,
+                            max_concurrency=UPLOAD_CONCURRENCY)
+    try:
+        client().upload_file(os.fspath(local), url.bucket, url.key, Config=config)
+    except Exception as error:
+        cause = getattr(error, "__cause__", None) or getattr(error, "__context__", None)
+        raise describe_error(cause if cause is not None and not isinstance(error, OSError) else error, url) from None
+
+
+def list_objects(prefix: S3Url) -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` (a folder: ``prefix/``): ``{"url", "relative", "size", "etag"}``."""
+    folder = prefix.key.rstrip("/") + "/" if prefix.key else ""
+    try:
+        for page in client().get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=folder):
+            for entry in page.get("Contents", []):
+                yield {"url": S3Url(prefix.bucket, entry["Key"]), "relative": entry["Key"][len(folder):],
+                       "size": entry["Size"], "etag": entry["ETag"].strip('"')}
+    except Exception as error:
+        raise describe_error(error, prefix) from None
+
+
+def delete_objects(urls: list[S3Url]) -> None:
+    for start in range(0, len(urls), 1000):  # DeleteObjects takes 1000 keys a request
+        batch = urls[start:start + 1000]
+        if batch:
+            _call(batch[0], "delete_objects", Bucket=batch[0].bucket,
+                  Delete={"Objects": [{"Key": u.key} for u in batch], "Quiet": True})
+
+
+def abort_uploads(prefix: S3Url) -> int:
+    """Abort every pending multipart upload under ``prefix`` (what killed uploads leave: no
+    object, but stored parts that cost money). Returns how many."""
+    folder = prefix.key.rstrip("/") + "/" if prefix.key else ""
+    aborted = 0
+    try:
+        for page in client().get_paginator("list_multipart_uploads").paginate(Bucket=prefix.bucket, Prefix=folder):
+            for upload in page.get("Uploads", []):
+                client().abort_multipart_upload(Bucket=prefix.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+    except Exception as error:
+        raise describe_error(error, prefix) from None
+    return aborted
+
+
+def pending_uploads(prefix: S3Url) -> list[str]:
+    folder = prefix.key.rstrip("/") + "/" if prefix.key else ""
+    pages = client().get_paginator("list_multipart_uploads").paginate(Bucket=prefix.bucket, Prefix=folder)
+    return [upload["Key"] for page in pages for upload in page.get("Uploads", [])]
+
+
+def open_input(url: S3Url) -> Any:
+    """A seekable, random-access file of the object (ranged GETs as it is read)."""
+    try:
+        return arrow_filesystem().open_input_file(f"{url.bucket}/{url.key}")
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "no such object", str(url)) from None
+    except OSError as error:
+        raise StorageError(f"{url}: {error}") from None
+
+
+def open_stream(url: S3Url) -> Any:
+    """A forward-only stream of the object (large sequential GETs), for reading shards through."""
+    try:
+        return arrow_filesystem().open_input_stream(f"{url.bucket}/{url.key}", buffer_size=8 << 20)
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "no such object", str(url)) from None
+    except OSError as error:
+        raise StorageError(f"{url}: {error}") from None
+
+
+def scratch_root() -> Path:
+    """Where work for remote outputs is staged on this machine: ``FASTWDS_SCRATCH``, else the
+    system temporary folder. A task stages its shard(s) there until they are uploaded."""
+    return Path(os.environ.get("FASTWDS_SCRATCH") or os.path.join(tempfile.gettempdir(), "fastwds-scratch"))
