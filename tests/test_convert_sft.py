@@ -224,7 +224,7 @@ def test_each_task_reads_exactly_its_rows_from_its_byte_range(tmp_path, rows, in
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
     plan = plan_sft([str(path)], SftOptions(energon=False), per_task, 10**9)
     read = [row for task in plan.tasks for piece in task.slices
-            for row in read_slice(tmp_path / piece.file, piece, not jsonl)]
+            for row in read_slice(str(tmp_path / piece.file), piece, not jsonl)]
     assert read == rows
 
 

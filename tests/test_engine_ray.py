@@ -23,6 +23,7 @@ import ray  # a test dependency (pip install .[test]): these tests never skip
 from conftest import run_cli
 from fastwds.synthetic import generate
 from npz_data import make_dataset
+from s3_server import S3Server
 from sft_data import make_image_dataset
 
 TIMEOUT = 240
@@ -33,11 +34,20 @@ RAY_ENV = {"RAY_TMPDIR": f"/tmp/fwr{os.getpid()}", "RAY_AUTH_MODE": "disabled", 
 FAST_HEALTH = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
 
 
+@pytest.fixture(scope="module")
+def s3_server():
+    server = S3Server()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module", autouse=True)
-def ray_environment():
+def ray_environment(s3_server, tmp_path_factory):
+    """Set before the cluster starts, so its nodes (and their workers) reach the S3 server too."""
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in RAY_ENV.items():
+        for name, value in {**RAY_ENV, **s3_server.environment()}.items():
             patch.setenv(name, value)
+        patch.setenv("FASTWDS_SCRATCH", str(tmp_path_factory.mktemp("scratch")))
         yield
 
 
@@ -371,3 +381,26 @@ def test_real_ray_start_processes(tmp_path, local_parquet, parquet_data):
             process.wait()
         for log in logs:
             log.close()
+
+
+def test_a_cluster_converts_from_a_bucket_to_a_bucket(cluster, parquet_data, local_parquet):
+    """Nodes that share no disk: the input and the output are in a bucket, each node stages its
+    own shards locally and uploads them; the bytes are the local engine's."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="ray-bucket")
+    for path in sorted(parquet_data.rglob("*.parquet")):
+        s3.put_object(Bucket="ray-bucket", Key=f"in/{path.relative_to(parquet_data).as_posix()}", Body=path.read_bytes())
+    run_cli("convert", "parquet", "s3://ray-bucket/in", "s3://ray-bucket/out", *PARQUET, "--engine", "ray",
+            "--ray-address", cluster.address)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="ray-bucket", Prefix="out/")
+    remote = {entry["Key"][4:]: hashlib.sha256(s3.get_object(Bucket="ray-bucket", Key=entry["Key"])["Body"].read())
+              .hexdigest() for page in pages for entry in page.get("Contents", [])}
+    shards = {name: digest for name, digest in outputs(local_parquet).items() if name.endswith(".tar")}
+    assert {name: digest for name, digest in remote.items() if name.endswith(".tar")} == shards
+    attempts = [key for key in remote if key.startswith(".fastwds/attempts-log/")]
+    assert len(attempts) >= len(shards)
+    manifest = json.loads(s3.get_object(Bucket="ray-bucket", Key="out/manifest.json")["Body"].read())
+    assert manifest["engine"] == "ray" and manifest["totals"] == json.loads(
+        (local_parquet / "manifest.json").read_text())["totals"]

@@ -183,7 +183,7 @@ def test_urls_from_manifest_folder_glob_braces_and_wids(tmp_path):
     assert keys(fastwds.WebDataset(str(out / "data-{000000..000002}.tar"))) == expected
     with pytest.raises(fastwds.InvalidInputError, match="no file matches this pattern"):
         fastwds.WebDataset(str(out / "nothing-*.tar"))
-    with pytest.raises(fastwds.InvalidInputError, match="local files only"):
+    with pytest.raises(fastwds.InvalidInputError, match="local paths and s3:// URLs"):
         fastwds.WebDataset("https://example.org/a.tar")
 
 

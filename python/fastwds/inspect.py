@@ -23,7 +23,7 @@ from fastwds.errors import InvalidInputError
 from fastwds.media import ImageInfo, inspect_images
 from fastwds.tar.names import split_name
 from fastwds.tar.scanner import Sample, TarScanner, group_samples
-from fastwds.tar.shards import SHARD_SUFFIXES, expand_shards, open_shard
+from fastwds.tar.shards import SHARD_SUFFIXES, ShardSet, expand_shards
 from fastwds.verify.rules import (
     is_image_extension,
     is_json_extension,
@@ -165,6 +165,14 @@ def inspect(spec: str, key: str | None = None, limit: int | None = None, full_js
     """Print samples of the shards under ``spec``; returns how many were shown. ``key`` picks
     one sample (InvalidInputError when no shard has it)."""
     shard_set = expand_shards(spec)
+    try:
+        return _inspect(shard_set, spec, key, limit, full_json, save_dir, out)
+    finally:
+        shard_set.close()
+
+
+def _inspect(shard_set: ShardSet, spec: str, key: str | None, limit: int | None, full_json: bool,
+             save_dir: str | os.PathLike | None, out: TextIO) -> int:
     if limit is None and key is None and shard_set.whole_folder:
         limit = DEFAULT_FOLDER_SAMPLES
     inspector = Inspector(out, full_json, Path(save_dir) if save_dir is not None else None)
@@ -178,9 +186,9 @@ def inspect(spec: str, key: str | None = None, limit: int | None = None, full_js
     for path in shard_set.paths:
         if (limit is not None and shown >= limit) or (key is not None and shown):
             break
-        header = f"shard {shard_set.relative(path)} ({path.stat().st_size:,} bytes)\n"
-        with open_shard(path) as (stream, compressed):
-            scanner = TarScanner(stream, want_data=wanted, seekable=not compressed)
+        header = f"shard {shard_set.relative(path)} ({shard_set.size(path):,} bytes)\n"
+        with shard_set.open(path) as (stream, compressed):
+            scanner = TarScanner(stream, want_data=wanted, seekable=not compressed and path not in shard_set.urls)
             for sample in group_samples(iter(scanner)):
                 if key is not None and sample.key != key:
                     continue

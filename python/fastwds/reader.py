@@ -33,7 +33,8 @@ from typing import Any
 
 from fastwds.decode import Decoder, decode_sample, decoders_for, load_npy, read_npy
 from fastwds.errors import InvalidInputError
-from fastwds.paths import matching_files
+from fastwds import storage
+from fastwds.paths import expand_braces, matching_files
 from fastwds.tar.format import ShardFormatError
 from fastwds.tar.shards import open_shard
 from fastwds.tar.stream import iter_members, iter_samples
@@ -41,20 +42,26 @@ from fastwds.tar.stream import iter_members, iter_samples
 Urls = str | os.PathLike | Sequence[str | os.PathLike]
 
 
-def read_index(path: Path) -> dict[str, int | None]:
-    """``{shard path: samples}`` of a fastwds ``manifest.json`` or a wids index, in its order,
-    paths relative to its folder."""
+def read_index(path: str | Path) -> dict[str, int | None]:
+    """``{shard path: samples}`` of a fastwds ``manifest.json`` or a wids index (a file or an
+    object), in its order, paths relative to its folder."""
+    location = os.fspath(path)
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        if storage.is_url(location):
+            index = json.loads(storage.read_bytes(storage.parse_url(location)))
+        else:
+            index = json.loads(Path(location).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise InvalidInputError(f"{path}: cannot read it as a manifest: {error}") from None
+        raise InvalidInputError(f"{location}: cannot read it as a manifest: {error}") from None
     if isinstance(index, dict) and isinstance(index.get("shards"), list):
         entries = [(shard["name"], shard.get("samples")) for shard in index["shards"]]
     elif isinstance(index, dict) and isinstance(index.get("shardlist"), list):
         entries = [(shard["url"], shard.get("nsamples")) for shard in index["shardlist"]]
     else:
-        raise InvalidInputError(f"{path}: neither a fastwds manifest ('shards') nor a wids index ('shardlist')")
-    return {str(path.parent / name): count for name, count in entries}
+        raise InvalidInputError(f"{location}: neither a fastwds manifest ('shards') nor a wids index ('shardlist')")
+    folder = location.rsplit("/", 1)[0]
+    return {storage.join(folder, name) if storage.is_url(location) else str(Path(location).parent / name): count
+            for name, count in entries}
 
 
 def shards_from_index(path: Path) -> list[str]:
@@ -66,18 +73,21 @@ def expected_counts(shards: Sequence[str]) -> dict[str, int]:
     """The sample count of every shard a ``manifest.json`` or ``index.wids.json`` beside it lists:
     a shard cut exactly at a member boundary (or empty) reads as a valid, shorter tar, and only
     the count tells."""
+    def key(shard: str) -> str:
+        return shard if storage.is_url(shard) else os.path.abspath(shard)
+
     counts: dict[str, int] = {}
-    for folder in dict.fromkeys(os.path.dirname(os.path.abspath(shard)) for shard in shards):
+    for folder in dict.fromkeys(key(shard).rsplit("/", 1)[0] for shard in shards):
         for name in ("manifest.json", "index.wids.json"):
-            index = Path(folder) / name
-            if index.is_file():
+            index = f"{folder}/{name}"
+            if storage.is_file(index):
                 try:
                     listed = read_index(index)
                 except InvalidInputError:
                     continue  # not ours to judge here: verify reports a broken index
-                counts.update({os.path.abspath(p): n for p, n in listed.items() if isinstance(n, int)})
+                counts.update({key(p): n for p, n in listed.items() if isinstance(n, int)})
                 break
-    return {shard: counts[os.path.abspath(shard)] for shard in shards if os.path.abspath(shard) in counts}
+    return {shard: counts[key(shard)] for shard in shards if key(shard) in counts}
 
 
 def expand_urls(urls: Urls) -> list[str]:
@@ -87,8 +97,11 @@ def expand_urls(urls: Urls) -> list[str]:
     shards: list[str] = []
     for url in urls:
         text = os.fspath(url)
-        if text.startswith(("http://", "https://", "pipe:", "s3://", "gs://")):
-            raise InvalidInputError(f"{text}: fastwds.WebDataset reads local files only")
+        if text.startswith("pipe:"):
+            raise InvalidInputError(f"{text}: fastwds.WebDataset reads files and s3:// URLs, not pipes")
+        if storage.is_url(text):
+            shards += remote_shards(text)
+            continue
         path = Path(text)
         if path.is_dir():
             if not (path / "manifest.json").is_file():
@@ -101,6 +114,20 @@ def expand_urls(urls: Urls) -> list[str]:
     if not shards:
         raise InvalidInputError("no shards given")
     return shards
+
+
+def remote_shards(url: str) -> list[str]:
+    """Shards in an object store: a manifest or wids index URL, a prefix holding a manifest, or
+    shard URLs (brace patterns too)."""
+    if url.endswith(".json"):
+        return list(read_index(url))
+    candidates = expand_braces(url)
+    if len(candidates) == 1 and not candidates[0].endswith((".tar", ".tar.gz", ".tgz")):
+        manifest = f"{candidates[0].rstrip('/')}/manifest.json"
+        if not storage.is_file(manifest):
+            raise InvalidInputError(f"{url}: a prefix without manifest.json; pass the shard URLs")
+        return list(read_index(manifest))
+    return candidates
 
 
 def split_shards(shards: Sequence[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:

@@ -17,11 +17,13 @@ Credentials never reach the manifest or the logs: only URLs do.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,10 +32,14 @@ from typing import Any
 from fastwds.errors import FastwdsError, InvalidInputError
 
 SCHEMES = ("s3",)
-# Uploads: multipart above this size, in parts of this size, this many parts at once.
-MULTIPART_THRESHOLD = 64 << 20
-MULTIPART_PART = 64 << 20
+# Uploads: multipart above the part size, in parts of that size (FASTWDS_S3_PART_SIZE bytes,
+# at least S3's 5 MiB), this many parts at once.
+DEFAULT_PART_SIZE = 64 << 20
 UPLOAD_CONCURRENCY = 4
+
+
+def part_size() -> int:
+    return max(5 << 20, int(os.environ.get("FASTWDS_S3_PART_SIZE") or DEFAULT_PART_SIZE))
 
 
 class StorageError(FastwdsError):
@@ -68,7 +74,7 @@ def parse_url(location: str | os.PathLike) -> S3Url:
     scheme, _, rest = text.partition("://")
     if scheme.lower() not in SCHEMES:
         raise InvalidInputError(f"{text}: fastwds reads and writes local paths and s3:// URLs (AWS S3 or any "
-                                "S3-compatible store, via AWS_ENDPOINT_URL), not {scheme}://")
+                                f"S3-compatible store, via AWS_ENDPOINT_URL), not {scheme}://")
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise InvalidInputError(f"{text}: no bucket in the URL (s3://BUCKET/PREFIX)")
@@ -203,10 +209,10 @@ def create_bytes(url: S3Url, data: bytes) -> bool:
 
 
 def upload_file(local: str | os.PathLike, url: S3Url) -> None:
-    """Upload a complete local file; multipart above ``MULTIPART_THRESHOLD``, aborted on failure."""
+    """Upload a complete local file; multipart above ``part_size()``, aborted on failure."""
     from boto3.s3.transfer import TransferConfig
 
-    config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_PART,
+    config = TransferConfig(multipart_threshold=part_size(), multipart_chunksize=part_size(),
                             max_concurrency=UPLOAD_CONCURRENCY)
     try:
         client().upload_file(os.fspath(local), url.bucket, url.key, Config=config)
@@ -280,3 +286,101 @@ def scratch_root() -> Path:
     """Where work for remote outputs is staged on this machine: ``FASTWDS_SCRATCH``, else the
     system temporary folder. A task stages its shard(s) there until they are uploaded."""
     return Path(os.environ.get("FASTWDS_SCRATCH") or os.path.join(tempfile.gettempdir(), "fastwds-scratch"))
+
+
+# -- inputs: local paths and s3:// URLs alike ------------------------------------------------------
+
+@dataclass(frozen=True)
+class FileEntry:
+    relative: str  # '/'-separated, relative to the folder listed
+    size: int
+    mtime_ns: int  # 0 for objects: an object store's identity of content is its ETag
+    etag: str | None
+
+
+def join(root: str, relative: str) -> str:
+    if is_url(root):
+        return str(parse_url(root).join(relative))
+    return os.path.join(root, relative)
+
+
+def is_dir(location: str) -> bool:
+    if is_url(location):
+        return next(list_objects(parse_url(location)), None) is not None
+    return os.path.isdir(location)
+
+
+def is_file(location: str) -> bool:
+    if is_url(location):
+        return head(parse_url(location)) is not None
+    return os.path.isfile(location)
+
+
+def list_files(root: str) -> list[FileEntry]:
+    """Every file under ``root`` (hidden files and folders left out), sorted by path."""
+    if is_url(root):
+        entries = [FileEntry(e["relative"], e["size"], 0, e["etag"]) for e in list_objects(parse_url(root))
+                   if e["relative"] and not e["relative"].endswith("/")]
+    else:
+        entries = []
+        for directory, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in filenames:
+                path = os.path.join(directory, name)
+                stat = os.stat(path)
+                entries.append(FileEntry(os.path.relpath(path, root).replace(os.sep, "/"), stat.st_size,
+                                         stat.st_mtime_ns, None))
+    visible = [e for e in entries if not any(part.startswith(".") for part in e.relative.split("/"))]
+    return sorted(visible, key=lambda e: e.relative.split("/"))
+
+
+def stat_file(location: str) -> FileEntry:
+    """Size and identity (mtime, or the object's ETag) of one file."""
+    if is_url(location):
+        found = head(parse_url(location))
+        if found is None:
+            raise FileNotFoundError(2, "no such object", location)
+        return FileEntry(location.rsplit("/", 1)[-1], found["size"], 0, found["etag"])
+    stat = os.stat(location)
+    return FileEntry(os.path.basename(location), stat.st_size, stat.st_mtime_ns, None)
+
+
+def open_file(location: str) -> Any:
+    """A seekable binary file: a local file, or an object read with ranged GETs."""
+    if is_url(location):
+        return open_input(parse_url(location))
+    return open(location, "rb")
+
+
+def read_range(location: str, start: int, stop: int) -> bytes:
+    if is_url(location):
+        return read_bytes(parse_url(location), start, stop)
+    with open(location, "rb") as file:
+        file.seek(start)
+        return file.read(stop - start)
+
+
+@cache
+def local_copy(location: str) -> str:
+    """A local path of ``location``: itself, or for an object a copy downloaded once per process
+    into the scratch folder (for small inputs that libraries read only from files: CSVs)."""
+    if not is_url(location):
+        return location
+    url = parse_url(location)
+    target = scratch_root() / "inputs" / hashlib.sha256(location.encode()).hexdigest()[:16] / posixpath.basename(url.key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + f".{os.getpid()}.partial")
+    partial.write_bytes(read_bytes(url))
+    os.replace(partial, target)
+    return str(target)
+
+
+@contextmanager
+def readable(location: str) -> Iterator[Any]:
+    """What pyarrow and zipfile read from: the path of a local file (they open it their own,
+    faster way), or a random-access file of an object."""
+    if not is_url(location):
+        yield location
+        return
+    with open_input(parse_url(location)) as file:
+        yield file

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from fastwds import storage
+
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 ROUNDS_TO_INF = 65520.0  # the smallest magnitude that float16 rounds to inf
 CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32 per read
@@ -122,7 +124,7 @@ def npz_to_float16(path: str, array: str | None = None, clip: bool = False) -> t
     become +-65504; without it they become NaN/inf (the caller decides what to do with them).
     Raises ``VolumeReadError`` for files that cannot be read."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with storage.readable(os.fspath(path)) as source, zipfile.ZipFile(source) as archive:
             with archive.open(choose_member(archive, array)) as member:
                 shape, fortran_order, dtype = read_npy_header(member)
                 count = math.prod(shape)
@@ -260,7 +262,7 @@ def open_npz_volume(path: str | os.PathLike, array: str | None = None) -> Iterat
     """The volume in ``path`` as ``npz_to_float16`` reads it; raises ``VolumeReadError`` (also for
     a bad CRC found while the caller reads the chunks) and ``OSError``."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with storage.readable(os.fspath(path)) as source, zipfile.ZipFile(source) as archive:
             with archive.open(choose_member(archive, array)) as member:
                 shape, fortran_order, dtype = read_npy_header(member)
                 yield NpzVolume(tuple(shape), fortran_order, dtype, member)

@@ -90,7 +90,7 @@ def input_kind(path: Path) -> str:
     if path.is_dir():
         if next(path.rglob("*.parquet"), None) is None:
             try:
-                find_volumes(path)
+                find_volumes(str(path))
                 return "npz"
             except InvalidInputError:
                 pass
@@ -104,9 +104,10 @@ def read_batches(root: str, limit: int | None, columns: list[str] | None = None)
     batch per row group. The batch that reaches the limit is decoded to that length, not sliced
     from a whole row group: the floor writes the buffers it holds, and must not write more rows."""
     remaining = limit
-    for files in discover_subsets(Path(root)).values():
-        for relative in files:
-            with pq.ParquetFile(Path(root, relative)) as parquet:
+    folder, subsets = discover_subsets(root)
+    for entries in subsets.values():
+        for relative in (entry.relative for entry in entries):
+            with pq.ParquetFile(Path(folder, relative)) as parquet:
                 present = [c for c in columns if c in parquet.schema_arrow.names] if columns else None
                 for group in range(parquet.num_row_groups):
                     if remaining == 0:

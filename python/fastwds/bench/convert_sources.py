@@ -43,9 +43,9 @@ class SftSample:
 def sft_samples(path: str, limit: int | None) -> tuple[list[SftSample], int]:
     """The first ``limit`` rows in fastwds' order, and the bytes of the JSON file they occupy
     (from the file's start to the end of the last row)."""
-    json_dir = Path(path).parent
+    json_dir = str(Path(path).parent)
     samples, end = [], 0
-    for _, byte_stop, value in iter_rows(Path(path)):
+    for _, byte_stop, value in iter_rows(str(path)):
         if limit is not None and len(samples) >= limit:
             break
         row = parse_row(value, "image")
@@ -76,7 +76,7 @@ def plan_sft_input(path: str, limit: int | None, maxcount: int) -> Plan:
 
 def npz_volumes(root: str, limit: int | None) -> list[str]:
     """The first ``limit`` volume files (relative to ``root``) in fastwds' order."""
-    return find_volumes(Path(root))[:limit]
+    return [entry.relative for entry in find_volumes(str(root))][:limit]
 
 
 def npz_payload(root: str, limit: int | None) -> tuple[int, int]:

@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.npz:
             log.info("generating %d volumes of %s", args.volumes, args.shape)
             generate_volumes(npz_dir, args.volumes, args.shape)
-        npz_files = [str(npz_dir / name) for name in find_volumes(npz_dir)[:args.volumes]]
+        npz_files = [str(npz_dir / entry.relative) for entry in find_volumes(str(npz_dir))[:args.volumes]]
         manifests = {}
         for compress in ("zstd",) if args.zstd else ():
             manifests[compress] = convert_volumes(npz_dir, Path(tmp, "zstd"), args.volumes, args.samples_per_shard,

@@ -47,8 +47,9 @@ class SourceFile:
 
     path: str
     size: int
-    mtime_ns: int
+    mtime_ns: int  # 0 for objects in a store: their ETag says whether they changed
     rows: int
+    etag: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fastwds.tar.names import split_name
 from fastwds.tar.scanner import TarScanner, group_samples
-from fastwds.tar.shards import expand_shards, open_shard
+from fastwds.tar.shards import expand_shards
 from fastwds.verify.images import ImageChecks
 from fastwds.verify.precision import PrecisionChecks
 from fastwds.verify.report import Report
@@ -99,13 +99,13 @@ class DatasetVerifier:
                 report.add_finding(unsafe, name)
 
         try:
-            with open_shard(path) as (stream, compressed):
+            with self.shard_set.open(path) as (stream, compressed):
                 scan.compressed = compressed
                 if compressed:
                     report.add("compressed_shard", "gzip-compressed shard", shard=name)
                     hashers = {}  # the scanner sees decompressed bytes: file hashes would be wrong
                 scanner = TarScanner(stream, want_data=wants_data if self.precision is None else wants_volume_data, hashers=list(hashers.values()),
-                                     seekable=not compressed)
+                                     seekable=not compressed and path not in self.shard_set.urls)
                 for sample in group_samples(iter(scanner), on_skip=skipped):
                     self.check_sample(sample, number, name, images)
                     scan.samples.append(ScannedSample(sample.key, sample.offset, [
@@ -117,7 +117,7 @@ class DatasetVerifier:
             report.add(defect.code, f"at byte {defect.offset}: {defect.detail}", shard=name)
         scan.intact = not scanner.defects
         scan.end_of_data = scanner.end_of_data
-        scan.size = scanner.size if not scan.compressed else path.stat().st_size
+        scan.size = scanner.size if not scan.compressed else self.shard_set.size(path)
         scan.sha256 = hashers["sha256"].hexdigest() if "sha256" in hashers else None
         scan.md5 = hashers["md5"].hexdigest() if "md5" in hashers else None
         report.samples += len(scan.samples)
@@ -166,5 +166,9 @@ def verify(spec: str | os.PathLike, full: bool = False, threads: int | None = No
            source_root: str | os.PathLike | None = None) -> Report:
     """Check every shard under ``spec`` (a shard, a folder or a brace pattern); with
     ``check_precision``, also every float16 volume against its NPZ source."""
-    return DatasetVerifier(os.fspath(spec), full, threads, check_precision,
-                           os.fspath(source_root) if source_root is not None else None).run()
+    verifier = DatasetVerifier(os.fspath(spec), full, threads, check_precision,
+                               os.fspath(source_root) if source_root is not None else None)
+    try:
+        return verifier.run()
+    finally:
+        verifier.shard_set.close()

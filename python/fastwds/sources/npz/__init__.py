@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastwds import storage
 from fastwds.arguments import positional_or_flag
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output
@@ -46,7 +47,9 @@ class NpzInputs:
 
 def _absolute(path: str | None) -> str | None:
     """CSV paths are options a resumed run must repeat: absolute, so the spelling cannot differ."""
-    return os.path.abspath(path) if path else None
+    if not path:
+        return None
+    return path if storage.is_url(path) else os.path.abspath(path)
 
 
 class NpzSource(Source):

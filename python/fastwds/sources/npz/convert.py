@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from fastwds import storage
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.pipeline import PreparedBatch, RejectLog
 from fastwds.convert.plan import Task
@@ -81,11 +81,11 @@ def read_task(root: str, task: Task, options: ConvertOptions) -> Iterator[Volume
     keys = [volume_key(piece.file) for piece in task.slices]
     tables = {section: load_rows(path, npz.key_column, keys) for section, path in npz.tables()}
     for piece, key in zip(task.slices, keys):
-        path = os.path.join(root, piece.file)
+        path = storage.join(root, piece.file)
         # Copies: two volume files with the same name (rejected later) share the CSV rows.
         rows = {section: dict(table[key]) if key in table else None for section, table in tables.items()}
         names = [row.pop(npz.key_column) for row in rows.values() if row is not None]
-        yield VolumeJob(piece.file, path, key, os.path.getsize(path), names[0] if names else None, rows)
+        yield VolumeJob(piece.file, path, key, storage.stat_file(path).size, names[0] if names else None, rows)
 
 
 class VolumeConverter(RejectLog):

@@ -15,6 +15,7 @@ from typing import Literal
 import polars as pl
 
 from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
+from fastwds import storage
 from fastwds.errors import InvalidInputError
 from fastwds.paths import safe_name
 
@@ -55,32 +56,26 @@ def volume_key(name: str) -> str:
     return KEY_SUFFIX.sub("", os.path.basename(name))
 
 
-def find_volumes(root: Path) -> list[str]:
-    """Volume files relative to ``root`` (``/`` separated, sorted), at depth 0, 1 or 2."""
-    if not root.is_dir():
+def find_volumes(root: str) -> list[storage.FileEntry]:
+    """Volume files under ``root`` (a folder or an s3:// prefix), at depth 0, 1 or 2, sorted."""
+    if not storage.is_dir(root):
         raise InvalidInputError(f"{root}: data folder not found")
-    found = []
-    for directory, dirnames, filenames in os.walk(root):
-        relative = Path(directory).relative_to(root)
-        if len(relative.parts) >= 2:
-            dirnames.clear()  # PATIENT/ACCESSION is the deepest layout
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [(relative / f).as_posix() for f in filenames if f.endswith(".npz") and not f.startswith(".")]
+    found = [e for e in storage.list_files(root) if e.relative.endswith(".npz") and e.relative.count("/") <= 2]
     if not found:
         tried = ", ".join(layout.replace("DATA", str(root)) for layout in LAYOUTS)
         raise InvalidInputError(f"{root}: no .npz files found (looked for {tried})")
-    return sorted(found)
+    return found
 
 
 def check_utf8(path: str) -> None:
     """CSVs must be UTF-8 (polars fails deep inside a read otherwise): say where they are not.
     Excel's "CSV" is often cp1252."""
-    stat = os.stat(path)
-    _check_utf8(path, stat.st_size, stat.st_mtime_ns)
+    stat = storage.stat_file(path)
+    _check_utf8(storage.local_copy(path), stat.size, stat.mtime_ns, stat.etag)
 
 
 @functools.lru_cache(maxsize=16)
-def _check_utf8(path: str, size: int, mtime_ns: int) -> None:
+def _check_utf8(path: str, size: int, mtime_ns: int, etag: str | None) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     line, offset = 1, 0
     with open(path, "rb") as file:
@@ -109,10 +104,11 @@ def scan_csv(path: str, key_column: str, infer: bool) -> pl.LazyFrame:
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot be read: {error.strerror or error}") from None
     try:
+        local = storage.local_copy(path)
         if infer:
-            frame = pl.scan_csv(path, infer_schema_length=None, schema_overrides={key_column: pl.String})
+            frame = pl.scan_csv(local, infer_schema_length=None, schema_overrides={key_column: pl.String})
         else:
-            frame = pl.scan_csv(path, infer_schema=False)
+            frame = pl.scan_csv(local, infer_schema=False)
         names = frame.collect_schema().names()
     except (pl.exceptions.PolarsError, OSError) as error:
         raise InvalidInputError(f"{path}: not a readable CSV file: {error}") from None
@@ -143,13 +139,10 @@ def plan_npz(data_folder: str | os.PathLike, options: NpzOptions, max_rows: int,
              limit: int | None = None, strict: bool = False) -> NpzPlan:
     """One task per shard of up to ``max_rows`` volumes. Reads file sizes and the CSVs' key
     columns only; volumes are opened when converted."""
-    root = Path(data_folder)
+    root = os.fspath(data_folder).rstrip("/") if storage.is_url(data_folder) else os.fspath(data_folder)
     volumes = find_volumes(root)
-    files = []
-    for relative in volumes:
-        stat = (root / relative).stat()
-        files.append(SourceFile(relative, stat.st_size, stat.st_mtime_ns, 1))
-    keys = pl.DataFrame({KEY_COLUMN: [volume_key(v) for v in volumes]})
+    files = [SourceFile(v.relative, v.size, v.mtime_ns, 1, v.etag) for v in volumes]
+    keys = pl.DataFrame({KEY_COLUMN: [volume_key(v.relative) for v in volumes]})
     chosen = files[:limit]  # a copy: the CSVs join `files` below
 
     csv_rejects: list[tuple[str, int, str | None, str, str]] = []
@@ -157,8 +150,8 @@ def plan_npz(data_folder: str | os.PathLike, options: NpzOptions, max_rows: int,
     for _, path in options.tables():
         table = scan_csv(path, options.key_column, infer=False).select(
             ROW_COLUMN, pl.col(options.key_column).alias("name"), KEY_COLUMN).collect()
-        stat = os.stat(path)
-        files.append(SourceFile(path, stat.st_size, stat.st_mtime_ns, table.height))
+        stat = storage.stat_file(path)
+        files.append(SourceFile(path, stat.size, stat.mtime_ns, table.height, stat.etag))
         repeated = table.filter(pl.col(KEY_COLUMN).is_not_null() & pl.col(KEY_COLUMN).is_duplicated()
                                 & (pl.col(ROW_COLUMN) != pl.col(ROW_COLUMN).min().over(KEY_COLUMN)))
         first_rows = dict(table.group_by(KEY_COLUMN).agg(pl.col(ROW_COLUMN).min()).iter_rows())
@@ -191,12 +184,14 @@ def plan_npz(data_folder: str | os.PathLike, options: NpzOptions, max_rows: int,
         known = tuple((offset, *rejected[piece.file]) for offset, piece in enumerate(task.slices)
                       if piece.file in rejected)
         tasks.append(Task(task.subset, task.number, task.slices, known))
-    return NpzPlan("npz", str(root.resolve()), tuple(files), tuple(tasks), tuple(csv_rejects), labels)
+    input_root = root if storage.is_url(root) else str(Path(root).resolve())
+    return NpzPlan("npz", input_root, tuple(files), tuple(tasks), tuple(csv_rejects), labels)
 
 
-def _subset(root: Path) -> str:
+def _subset(root: str) -> str:
     """Shard names start with the data folder's name, made file-name safe."""
-    return safe_name(root.resolve().name, "volumes")
+    name = root.rsplit("/", 1)[-1] if storage.is_url(root) else Path(root).resolve().name
+    return safe_name(name, "volumes")
 
 
 def _strict_message(missing: dict[str, list[str]], csv_rejects: list[tuple]) -> str:

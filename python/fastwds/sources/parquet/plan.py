@@ -13,8 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
+from fastwds import storage
 from fastwds.errors import InvalidInputError
 from fastwds.paths import safe_name
+from fastwds.storage import FileEntry
 
 
 @dataclass(frozen=True)
@@ -26,32 +28,39 @@ class ParquetColumns:
     data_source: str = "data_source"
 
 
-def subset_name(relative_dir: str, root: Path) -> str:
+def subset_name(relative_dir: str, root_name: str) -> str:
     """A file-name-safe subset name: the folder path with '/' as '__'; the root's own files are
     named after the root folder."""
-    raw = relative_dir.replace(os.sep, "__") if relative_dir not in ("", ".") else root.resolve().name
+    raw = relative_dir.replace("/", "__") if relative_dir not in ("", ".") else root_name
     return safe_name(raw)
 
 
-def discover_subsets(root: Path) -> dict[str, list[str]]:
-    """``{subset: [parquet files relative to root, sorted]}``, subsets sorted by name."""
-    if not root.is_dir():
-        raise InvalidInputError(f"{root}: input directory not found")
-    found: dict[str, tuple[str, list[str]]] = {}
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        files = sorted(f for f in filenames if f.endswith(".parquet") and not f.startswith("."))
-        if not files:
+def discover_subsets(root: str) -> tuple[str, dict[str, list[FileEntry]]]:
+    """``(folder, {subset: [parquet files in it, sorted]})``, subsets sorted by name. ``root`` is
+    a folder (or s3:// prefix) whose folders holding parquet files are subsets, or one parquet
+    file (a subset named after it)."""
+    if root.endswith(".parquet") and storage.is_file(root):
+        folder, name = root.rsplit("/", 1) if storage.is_url(root) else os.path.split(os.path.abspath(root))
+        return folder, {safe_name(name.removesuffix(".parquet")): [storage.stat_file(root)]}
+    if not storage.is_dir(root):
+        what = "file or folder" if not storage.is_url(root) else "prefix"
+        raise InvalidInputError(f"{root}: no such {what}; give a folder of parquet files (subfolders are subsets) "
+                                "or one .parquet file")
+    root_name = storage.parse_url(root).key.rstrip("/").rsplit("/", 1)[-1] if storage.is_url(root) else \
+        Path(root).resolve().name
+    found: dict[str, tuple[str, list[FileEntry]]] = {}
+    for entry in storage.list_files(root):
+        if not entry.relative.endswith(".parquet"):
             continue
-        relative = os.path.relpath(directory, root)
-        name = subset_name(relative, root)
-        if name in found:
-            raise InvalidInputError(f"folders {found[name][0]!r} and {relative!r} both become subset "
+        relative_dir = entry.relative.rsplit("/", 1)[0] if "/" in entry.relative else ""
+        name = subset_name(relative_dir, root_name or "data")
+        if name in found and found[name][0] != relative_dir:
+            raise InvalidInputError(f"folders {found[name][0]!r} and {relative_dir!r} both become subset "
                                     f"{name!r}; rename one of them")
-        found[name] = (relative, [os.path.normpath(os.path.join(relative, f)) for f in files])
+        found.setdefault(name, (relative_dir, []))[1].append(entry)
     if not found:
         raise InvalidInputError(f"{root}: no .parquet files found (searched all subfolders)")
-    return {name: files for name, (_, files) in sorted(found.items())}
+    return root, {name: files for name, (_, files) in sorted(found.items())}
 
 
 def check_schema(path: Path, schema: pq.ParquetSchema, columns: ParquetColumns) -> None:
@@ -84,39 +93,60 @@ def holds_images(column: pa.DataType, is_list: bool) -> bool:
 
 def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int, max_bytes: int,
                  limit: int | None = None) -> Plan:
-    """Tasks for every subset, from parquet metadata; duplicate ids across the whole dataset are
-    found from the id column alone and attached to the tasks that hold them."""
-    root = Path(root)
+    """Tasks for every subset, from parquet footers; duplicate ids across the whole dataset are
+    found from the id column alone (ranged reads of that column's chunks on an object store) and
+    attached to the tasks that hold them."""
+    root, subsets = discover_subsets(os.fspath(root).rstrip("/") if storage.is_url(root) else os.fspath(root))
     files: list[SourceFile] = []
     tasks: list[Task] = []
     id_series: list[pl.Series] = []
     remaining = limit
-    for subset, paths in discover_subsets(root).items():
+    for subset, entries in subsets.items():
         groups: list[RowGroup] = []
-        for relative in paths:
-            path = root / relative
+        for entry in entries:
+            relative, path = entry.relative, storage.join(root, entry.relative)
             try:
-                metadata = pq.read_metadata(path)
+                with storage.readable(path) as source:
+                    parquet = pq.ParquetFile(source)
+                    metadata = parquet.metadata
+                    check_schema(path, metadata.schema, columns)
+                    first, taken = 0, []
+                    for i in range(metadata.num_row_groups):
+                        group = metadata.row_group(i)
+                        rows = group.num_rows if remaining is None else min(group.num_rows, remaining)
+                        if rows:
+                            groups.append(RowGroup(relative, first, rows,
+                                                   group.total_byte_size * rows // max(group.num_rows, 1)))
+                            taken.append((i, rows))
+                            if remaining is not None:
+                                remaining -= rows
+                        first += group.num_rows
+                    if taken:
+                        try:
+                            id_series.append(read_ids(parquet, taken, columns.id))
+                        except (pa.ArrowException, OSError) as error:
+                            raise InvalidInputError(f"{path}: column {columns.id!r} cannot be read: "
+                                                    f"{first_line(error)}") from error
+            except InvalidInputError:
+                raise
             except Exception as error:  # pyarrow raises ArrowInvalid/OSError for damaged files
-                raise InvalidInputError(f"{path}: not a readable parquet file: {error}") from error
-            check_schema(path, metadata.schema, columns)
-            stat = path.stat()
-            files.append(SourceFile(relative, stat.st_size, stat.st_mtime_ns, metadata.num_rows))
-            first = 0
-            for i in range(metadata.num_row_groups):
-                group = metadata.row_group(i)
-                rows = group.num_rows if remaining is None else min(group.num_rows, remaining)
-                if rows:
-                    groups.append(RowGroup(relative, first, rows, group.total_byte_size * rows // max(group.num_rows, 1)))
-                    if remaining is not None:
-                        remaining -= rows
-                first += group.num_rows
-            taken = sum(g.rows for g in groups if g.file == relative)
-            if taken:
-                ids = pl.scan_parquet(path).select(pl.col(columns.id).cast(pl.String)).head(taken)
-                id_series.append(collect(ids, path, f"column {columns.id!r}").to_series())
+                raise InvalidInputError(f"{path}: not a readable parquet file: {first_line(error)}") from error
+            files.append(SourceFile(relative, entry.size, entry.mtime_ns, metadata.num_rows, entry.etag))
         tasks.extend(cut_tasks(subset, groups, max_rows, max_bytes))
-    return Plan("parquet", str(root.resolve()), tuple(files), attach_rejections(tasks, id_series))
+    input_root = root if storage.is_url(root) else str(Path(root).resolve())
+    return Plan("parquet", input_root, tuple(files), attach_rejections(tasks, id_series))
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def read_ids(parquet: pq.ParquetFile, groups: list[tuple[int, int]], column: str) -> pl.Series:
+    """The id column of the first rows of these row groups, as strings (only that column's
+    chunks are read)."""
+    pieces = [parquet.read_row_group(i, columns=[column]).column(0).slice(0, rows) for i, rows in groups]
+    ids = pa.chunked_array([p for piece in pieces for p in piece.chunks], type=pieces[0].type)
+    return pl.from_arrow(ids).cast(pl.String)
 
 
 def attach_rejections(tasks: list[Task], id_series: list[pl.Series]) -> tuple[Task, ...]:
@@ -136,11 +166,3 @@ def attach_rejections(tasks: list[Task], id_series: list[pl.Series]) -> tuple[Ta
                      if task_start <= p < task_start + task.num_rows)
         located.append(Task(task.subset, task.number, task.slices, rows) if rows else task)
     return tuple(located)
-
-
-def collect(frame: pl.LazyFrame, path: Path, what: str) -> pl.DataFrame:
-    """Run a polars read; a damaged file becomes an error naming the file and what was read."""
-    try:
-        return frame.collect()
-    except pl.exceptions.PolarsError as error:
-        raise InvalidInputError(f"{path}: {what} cannot be read: {error}") from error

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastwds import portable_key
+from fastwds import storage
 from fastwds.arguments import parse_size
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output, open_output
@@ -41,6 +42,11 @@ from fastwds.sources.sft.rows import MEDIA_KINDS, SftOptions
 __all__ = ["SOURCE", "SftOptions", "check_names_agree", "plan_sft"]
 
 log = logging.getLogger("fastwds")
+
+
+def absolute(location: str) -> str:
+    """Locations are options a resumed run must repeat: absolute, so the spelling cannot differ."""
+    return location.rstrip("/") if storage.is_url(location) else os.path.abspath(location)
 
 
 def split_ratio_argument(text: str) -> str:
@@ -85,12 +91,12 @@ class SftSource(Source):
         *data, output_dir = args.paths
         if os.path.isfile(output_dir):
             raise InvalidInputError(f"{output_dir}: is a file; the last argument must be the output folder")
-        if args.media_root is not None and not os.path.isdir(args.media_root):
+        if args.media_root is not None and not storage.is_dir(args.media_root):
             raise InvalidInputError(f"--media-root {args.media_root}: no such folder")
         if not args.energon and args.split_ratio is not None:
             raise InvalidInputError("--split-ratio describes Energon splits; it needs --energon")
         sft = SftOptions(media=args.media,
-                         media_root=os.path.abspath(args.media_root) if args.media_root is not None else None,
+                         media_root=absolute(args.media_root) if args.media_root is not None else None,
                          energon=args.energon, split_ratio=args.split_ratio or "1,0,0", sample_type=args.sample_type,
                          media_outside_root=args.allow_media_outside_root, max_media_bytes=args.max_media_size)
         if sft.energon and foreign_energon_meta(open_output(output_dir)):  # refuse now, not after converting

@@ -10,7 +10,6 @@ from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiofiles
@@ -18,9 +17,11 @@ import aiofiles.os
 
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
+from fastwds import storage
+from fastwds.errors import FastwdsError
 from fastwds.reasons import Problem
 from fastwds.sources.base import RowBatch
-from fastwds.sources.sft.plan import resolve_media
+from fastwds.sources.sft.plan import parent, resolve_media
 from fastwds.sources.sft.rows import SftOptions, SftRow, derived_id, given_id, is_json_array, parse_row, read_slice
 
 # Media files read at once per task: enough to hide network-filesystem latency.
@@ -35,7 +36,11 @@ def read_media_file(path: str, root: str | None, max_bytes: int) -> bytes | Prob
     """A media file's bytes, or why it is not read: outside ``root`` (after following symlinks;
     ``root`` None allows any path), not a regular file (FIFOs would block forever, devices like
     /dev/zero never end), or larger than ``max_bytes``."""
+    if storage.is_url(path):
+        return read_media_object(path, root, max_bytes)
     if root is not None:
+        if storage.is_url(root):
+            return Problem("media_outside_root", f"{path}: a local file, outside the media root {root}")
         real = os.path.realpath(path)
         if os.path.commonpath([real, root]) != root:
             return Problem("media_outside_root", f"{path}: resolves to {real}, outside the media root {root} "
@@ -66,6 +71,23 @@ def read_media_file(path: str, root: str | None, max_bytes: int) -> bytes | Prob
     return data
 
 
+def read_media_object(url: str, root: str | None, max_bytes: int) -> bytes | Problem:
+    """A media object's bytes: under the media root prefix, no larger than ``max_bytes``."""
+    if root is not None and not (storage.is_url(root) and (url + "/").startswith(root.rstrip("/") + "/")):
+        return Problem("media_outside_root", f"{url}: outside the media root {root} (--media-root, or "
+                                             "--allow-media-outside-root)")
+    try:
+        found = storage.head(storage.parse_url(url))
+        if found is None:
+            return Problem("media_missing", f"{url}: no such object")
+        if found["size"] > max_bytes:
+            return Problem("media_too_large", f"{url}: {found['size']:,} bytes, more than the limit of {max_bytes:,} "
+                                              "(--max-media-size)")
+        return storage.read_bytes(storage.parse_url(url))
+    except (OSError, FastwdsError) as error:
+        return Problem("media_unreadable", f"{url}: {error}")
+
+
 class MediaReader:
     """Reads media files with many reads in flight: each read (``read_media_file``) runs in an
     executor through aiofiles, on a pool of its own sized to the reads in flight, so the default
@@ -74,7 +96,7 @@ class MediaReader:
     def __init__(self, root: str | None, max_bytes: int, in_flight: int = MEDIA_READS_IN_FLIGHT) -> None:
         self.executor = ThreadPoolExecutor(in_flight, thread_name_prefix="fastwds-media")
         self.limit = asyncio.Semaphore(in_flight)
-        self.root = os.path.realpath(root) if root is not None else None
+        self.root = root if root is None or storage.is_url(root) else os.path.realpath(root)
         self.max_bytes = max_bytes
 
     async def read(self, path: str) -> bytes | Problem:
@@ -105,13 +127,13 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
     try:
         task_row = 0
         for piece in task.slices:
-            path = Path(root) / piece.file
+            path = storage.join(root, piece.file)
             array_file = await asyncio.to_thread(is_json_array, path)
             values = await asyncio.to_thread(read_slice, path, piece, array_file)
             batch = BatchBuilder(piece.file, piece.start, options.batch_rows)
             for index, value in enumerate(values):
                 row = describe_row(piece.file, piece.start + index, value, task_row + index in rejected, sft,
-                                   path.parent)
+                                   parent(path))
                 ahead.append(asyncio.create_task(reader.read_row(row)))
                 if len(ahead) >= READ_AHEAD_ROWS and (full := batch.add(*await ahead.popleft())):
                     yield full
@@ -134,7 +156,7 @@ class RowToRead:
     paths: list[str]  # resolved media paths; none for rows rejected at plan time
 
 
-def describe_row(file: str, row_number: int, value: Any, rejected: bool, sft: SftOptions, json_dir: Path) -> RowToRead:
+def describe_row(file: str, row_number: int, value: Any, rejected: bool, sft: SftOptions, json_dir: str) -> RowToRead:
     row = parse_row(value, sft.media) if value is not None else None
     if not isinstance(row, SftRow):  # rejected at plan time; the converter reports the plan's reason
         return RowToRead(given_id(value) or derived_id(file, row_number), None, [])

@@ -4,6 +4,7 @@ ids (duplicates are found across the whole dataset) and the rows that cannot be 
 from __future__ import annotations
 
 import os
+import posixpath
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,8 @@ import polars as pl
 
 from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
 from fastwds.energon import check_sample_type, parse_split_ratio
-from fastwds.errors import InvalidInputError
+from fastwds import storage
+from fastwds.errors import FastwdsError, InvalidInputError
 from fastwds.paths import matching_files, safe_name
 from fastwds.reasons import Problem
 from fastwds.sources.sft.rows import MEDIA_KINDS, ByteSlice, SftOptions, derived_id, iter_rows, parse_row
@@ -21,22 +23,60 @@ from fastwds.sources.sft.rows import MEDIA_KINDS, ByteSlice, SftOptions, derived
 SIZE_SAMPLE_ROWS = 64
 
 
-def expand_inputs(data: list[str]) -> list[Path]:
-    """Files and globs, in the order given (globs sorted), each file once."""
-    files = [path for item in data for path in matching_files(item)]
-    unique = list(dict.fromkeys(p.resolve() for p in files))
+def expand_inputs(data: list[str]) -> list[str]:
+    """Files and globs (local), files and prefixes (s3://: every .json/.jsonl under a prefix), in
+    the order given (globs and prefixes sorted), each file once."""
+    files: list[str] = []
+    for item in data:
+        if storage.is_url(item):
+            if storage.is_file(item):
+                files.append(item)
+            elif storage.is_dir(item):
+                files += [storage.join(item, e.relative) for e in storage.list_files(item)
+                          if e.relative.lower().endswith((".json", ".jsonl"))]
+            else:
+                raise InvalidInputError(f"{item}: no such object or prefix")
+        else:
+            files += [str(p.resolve()) for p in matching_files(item)]
+    unique = list(dict.fromkeys(files))
     if not unique:
         raise InvalidInputError("no input files given")
+    if len({storage.is_url(f) for f in unique}) > 1:
+        raise InvalidInputError("give the JSON files either all local or all in one bucket")
     return unique
 
 
-def subset_name(files: list[Path], root: Path) -> str:
+def parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if storage.is_url(path) else os.path.dirname(path)
+
+
+def common_root(files: list[str]) -> str:
+    if storage.is_url(files[0]):
+        urls = [storage.parse_url(f) for f in files]
+        if len({u.bucket for u in urls}) > 1:
+            raise InvalidInputError("the JSON files are in several buckets; convert each bucket's files apart")
+        folders = [u.key.rsplit("/", 1)[0] if "/" in u.key else "" for u in urls]
+        return str(storage.S3Url(urls[0].bucket, posixpath.commonpath(folders) if all(folders) else "")).rstrip("/")
+    return os.path.commonpath([os.path.dirname(f) for f in files])
+
+
+def relative_to(path: str, root: str) -> str:
+    return path[len(root):].lstrip("/") if storage.is_url(path) else Path(path).relative_to(root).as_posix()
+
+
+def subset_name(files: list[str], root: str) -> str:
     """Shards are named after the one input file, or the folder of several."""
-    return safe_name(files[0].stem if len(files) == 1 else root.name)
+    one = posixpath.basename(files[0].replace(os.sep, "/"))
+    folder = posixpath.basename(root.rstrip("/").replace(os.sep, "/")) or "data"
+    return safe_name(one.rsplit(".", 1)[0] if len(files) == 1 else folder)
 
 
-def resolve_media(path: str, json_dir: Path, media_root: str | None) -> str:
-    return os.path.join(media_root if media_root is not None else json_dir, path)
+def resolve_media(path: str, json_dir: str, media_root: str | None) -> str:
+    """A media path of a row: a URL as it is, else relative to ``--media-root`` or the JSON file."""
+    if storage.is_url(path):
+        return path
+    base = media_root if media_root is not None else json_dir
+    return storage.join(base, path) if storage.is_url(base) else os.path.join(base, path)
 
 
 def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int, limit: int | None = None) -> Plan:
@@ -46,13 +86,13 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
         parse_split_ratio(options.split_ratio)
         check_sample_type(options.sample_type)
     files = expand_inputs(data)
-    root = Path(os.path.commonpath([f.parent for f in files]))
+    root = common_root(files)
     sources, groups, rejected, ids = [], [], {}, []
     offsets: dict[str, tuple[array, array]] = {}
-    size_sample: list[tuple[Path, int, list[str]]] = []  # (json dir, row bytes, media paths)
+    size_sample: list[tuple[str, int, list[str]]] = []  # (json dir, row bytes, media paths)
     position = 0  # row number across all files
     for path in files:
-        relative = path.relative_to(root).as_posix()
+        relative = relative_to(path, root)
         starts, stops = array("q"), array("q")
         rows = iter_rows(path) if limit is None or position < limit else iter(())
         for byte_start, byte_stop, value in rows:
@@ -65,12 +105,12 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
             else:
                 ids.append(row.id if row.id is not None else derived_id(relative, len(starts)))
                 if position % 128 == 0:
-                    size_sample.append((path.parent, byte_stop - byte_start, row.paths))
+                    size_sample.append((parent(path), byte_stop - byte_start, row.paths))
             starts.append(byte_start)
             stops.append(byte_stop)
             position += 1
-        stat = path.stat()
-        sources.append(SourceFile(relative, stat.st_size, stat.st_mtime_ns, len(starts)))
+        stat = storage.stat_file(path)
+        sources.append(SourceFile(relative, stat.size, stat.mtime_ns, len(starts), stat.etag))
         offsets[relative] = (starts, stops)
         if starts:
             groups.append(RowGroup(relative, 0, len(starts), 0))
@@ -79,10 +119,10 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
     tasks = cut_tasks(subset_name(files, root), groups, max_rows, max_bytes)
     for position, (reason, detail, _) in find_repeated_keys(pl.Series(ids, dtype=pl.String)).items():
         rejected[position] = (reason, detail)
-    return Plan("sft", str(root), tuple(sources), attach(tasks, offsets, rejected))
+    return Plan("sft", root, tuple(sources), attach(tasks, offsets, rejected))
 
 
-def estimate_row_bytes(size_sample: list[tuple[Path, int, list[str]]], media_root: str | None) -> float:
+def estimate_row_bytes(size_sample: list[tuple[str, int, list[str]]], media_root: str | None) -> float:
     """Average bytes per row from the media sizes of up to ``SIZE_SAMPLE_ROWS`` rows spread over
     the input, so tasks of large media (videos) stay near the shard size. The writer's hard
     cap still holds when the estimate is off; missing files are found later, per row."""
@@ -94,8 +134,8 @@ def estimate_row_bytes(size_sample: list[tuple[Path, int, list[str]]], media_roo
 
     def size(path: str) -> int:
         try:
-            return os.stat(path).st_size
-        except OSError:
+            return storage.stat_file(path).size
+        except (OSError, FastwdsError):
             return 0
 
     with ThreadPoolExecutor(16) as pool:

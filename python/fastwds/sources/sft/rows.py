@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastwds import storage
 from fastwds.convert.plan import RowSlice
 from fastwds.energon import DEFAULT_SAMPLE_TYPE
 from fastwds.errors import InvalidInputError
@@ -87,29 +88,30 @@ def derived_id(file: str, row: int) -> str:
     return f"{Path(file).with_suffix('').as_posix().replace('/', '__')}-{row}"
 
 
-def is_json_array(path: Path) -> bool:
+def is_json_array(path: str) -> bool:
     """A file is a JSON array when it starts with '['; otherwise it is JSON Lines."""
-    with open(path, "rb") as file:
-        head = file.read(4096).removeprefix(_BOM).lstrip()
+    head = storage.read_range(path, 0, 4096).removeprefix(_BOM).lstrip()
     return head.startswith(b"[")
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, int, Any]]:
+def iter_rows(path: str) -> Iterator[tuple[int, int, Any]]:
     """``(byte_start, byte_stop, value)`` per row; ``value`` is a ``Problem`` for a JSONL line
-    that does not parse. A JSON array that does not parse is an error for the whole file."""
+    that does not parse. A JSON array that does not parse is an error for the whole file. A file
+    in an object store is read from a local copy (planning reads every byte of it anyway)."""
+    local = Path(storage.local_copy(path))
     if is_json_array(path):
-        yield from _iter_array(path)
+        yield from _iter_array(local, path)
         return
-    if path.suffix.lower() == ".json":
-        _refuse_wrapped_samples(path)
-    yield from _iter_lines(path)
+    if path.lower().endswith(".json"):
+        _refuse_wrapped_samples(local, path)
+    yield from _iter_lines(local)
 
 
-def _refuse_wrapped_samples(path: Path) -> None:
+def _refuse_wrapped_samples(local: Path, path: str) -> None:
     """A ``.json`` file holding one object that is not itself a sample (``{"data": [...]}``) would
     otherwise become a rejected row per line: say what it is instead."""
     try:
-        value = json.loads(path.read_bytes())
+        value = json.loads(local.read_bytes())
     except ValueError:  # several values: JSON Lines with a .json name
         return
     if isinstance(value, dict) and not {"messages", "conversations"} & value.keys():
@@ -133,8 +135,8 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, int, Any]]:
             yield start, offset, value
 
 
-def _iter_array(path: Path) -> Iterator[tuple[int, int, Any]]:
-    raw = path.read_bytes()
+def _iter_array(local: Path, path: str) -> Iterator[tuple[int, int, Any]]:
+    raw = local.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -176,11 +178,10 @@ def _iter_array(path: Path) -> Iterator[tuple[int, int, Any]]:
         raise InvalidInputError(f"{path}: unexpected text after the closing ']'")
 
 
-def read_slice(path: Path, piece: ByteSlice, array_file: bool) -> list[Any]:
-    """The rows of one slice, reading only its bytes; unparseable JSONL lines become None."""
-    with open(path, "rb") as file:
-        file.seek(piece.byte_start)
-        data = file.read(piece.byte_stop - piece.byte_start)
+def read_slice(path: str, piece: ByteSlice, array_file: bool) -> list[Any]:
+    """The rows of one slice, reading only its bytes (one ranged GET for an object); unparseable
+    JSONL lines become None."""
+    data = storage.read_range(path, piece.byte_start, piece.byte_stop)
     if array_file:
         rows = json.loads(b"[" + data + b"]")
     else:

@@ -1,0 +1,241 @@
+"""Inputs and outputs in object storage, against a real S3-compatible server started here on
+127.0.0.1 (moto's, see s3_server.py). The CLI runs as a user runs it, configured the standard way
+(AWS_ENDPOINT_URL and credentials in the environment). Every result is compared with the same
+conversion on local folders, byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+import fastwds
+from conftest import read_webdataset, run_cli
+from fastwds.synthetic import generate
+from npz_data import make_dataset
+from s3_server import S3Server
+from sft_data import make_image_dataset
+
+BUCKET = "fastwds-test"
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = S3Server()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in server.environment().items():
+            patch.setenv(name, value)
+        patch.setenv("FASTWDS_SCRATCH", str(tmp_path_factory.mktemp("scratch")))
+        patch.setenv("FASTWDS_S3_PART_SIZE", str(5 << 20))  # multipart from 5 MiB: the tests' shards use it
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(server):
+    return boto3.client("s3")
+
+
+def objects(s3, prefix: str) -> dict[str, bytes]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix.rstrip("/") + "/")
+    keys = [entry["Key"] for page in pages for entry in page.get("Contents", [])]
+    return {key[len(prefix.rstrip("/")) + 1:]: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
+
+
+def upload_folder(s3, folder: Path, prefix: str) -> str:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+    return f"s3://{BUCKET}/{prefix}"
+
+
+def dataset_files(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()
+            if not name.startswith(".fastwds/") and name != "manifest.json"}
+
+
+def local_files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def comparable(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in ("elapsed_seconds", "source")}
+
+
+def parquet_case(tmp_path):
+    root = tmp_path / "pq"
+    generate(root, rows=150, subsets=2, files_per_subset=1, row_group_rows=25, seed=6)
+    return "parquet", [str(root)], ["--max-samples-per-shard", "30", "--dali-index"]
+
+
+def sft_case(tmp_path):
+    dataset = make_image_dataset(tmp_path / "sft")
+    return "sft", [str(dataset.root / "data.json"), str(dataset.root / "nested" / "more.jsonl")], \
+        ["--max-samples-per-shard", "4"]
+
+
+def npz_case(tmp_path):
+    data = make_dataset(tmp_path / "npz")
+    return "npz", [str(data.root)], ["--reports", str(data.reports), "--labels", str(data.labels),
+                                     "--samples-per-shard", "3"]
+
+
+@pytest.mark.parametrize("case", [parquet_case, sft_case, npz_case], ids=["parquet", "sft", "npz"])
+def test_a_bucket_receives_exactly_what_a_folder_does(server, s3, tmp_path, case):
+    kind, data, extra = case(tmp_path)
+    run_cli("convert", kind, *data, str(tmp_path / "local" / "out"), *extra, "--no-progress")
+    run_cli("convert", kind, *data, f"s3://{BUCKET}/{kind}/out", *extra, "--no-progress")
+    remote, local = objects(s3, f"{kind}/out"), local_files(tmp_path / "local" / "out")
+    assert dataset_files(remote) == dataset_files(local)
+    assert comparable(json.loads(remote["manifest.json"])) == comparable(json.loads(local["manifest.json"]))
+    assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+def test_parquet_is_planned_from_footers_and_read_by_row_group(server, s3, tmp_path):
+    root = tmp_path / "pq"
+    generate(root, rows=400, subsets=1, files_per_subset=2, row_group_rows=50, seed=9)
+    url = upload_folder(s3, root, "inputs/pq")
+    total = sum(p.stat().st_size for p in root.rglob("*.parquet"))
+    from fastwds.sources import get_source
+    from fastwds.sources.parquet import ParquetColumns
+
+    source = get_source("parquet")
+    server.clear()
+    plan = source.plan(url, source.convert_options(source_options=ParquetColumns(), max_samples_per_shard=100))
+    planning = server.bytes_sent(".parquet")
+    assert planning < 0.05 * total, f"planning read {planning:,} of {total:,} bytes: more than footers and ids"
+    assert plan.total_rows == 400 and all(f.etag for f in plan.files)  # identity from the store: ETags
+    run_cli("convert", "parquet", str(root), str(tmp_path / "local"), "--max-samples-per-shard", "100", "--no-progress")
+    server.clear()
+    run_cli("convert", "parquet", url, str(tmp_path / "from-bucket"), "--max-samples-per-shard", "100",
+            "--no-progress")
+    ranged = [r for r in server.requests if r.method == "GET" and r.path.endswith(".parquet")]
+    assert all(r.range for r in ranged), "every parquet read is a ranged GET"
+    assert server.bytes_sent(".parquet") < 1.5 * total
+    assert {n: d for n, d in dataset_files(local_files(tmp_path / "from-bucket")).items() if n.endswith(".tar")} == \
+           {n: d for n, d in dataset_files(local_files(tmp_path / "local")).items() if n.endswith(".tar")}
+
+
+def test_sft_json_media_and_npz_inputs_in_a_bucket(server, s3, tmp_path):
+    dataset = make_image_dataset(tmp_path / "sft")
+    (dataset.root / "images" / "a-folder.jpg").rmdir()  # object stores have no folders to refuse
+    (dataset.root / "data.json").write_text(
+        (dataset.root / "data.json").read_text().replace(str((dataset.root / "images" / "d.jpg").resolve()),
+                                                          "images/d.jpg"))
+    url = upload_folder(s3, dataset.root, "inputs/sft")
+    for name, data in ((tmp_path / "local", [str(dataset.root / "data.json")]),
+                       (tmp_path / "remote", [f"{url}/data.json"])):
+        run_cli("convert", "sft", *data, str(name), "--no-progress")
+    shards = {n: d for n, d in dataset_files(local_files(tmp_path / "remote")).items() if n.endswith(".tar")}
+    assert shards and shards == {n: d for n, d in dataset_files(local_files(tmp_path / "local")).items()
+                                 if n.endswith(".tar")}
+
+    volumes = make_dataset(tmp_path / "npz")
+    data_url = upload_folder(s3, volumes.root, "inputs/npz/data")
+    s3.put_object(Bucket=BUCKET, Key="inputs/npz/labels.csv", Body=volumes.labels.read_bytes())
+    run_cli("convert", "npz", str(volumes.root), str(tmp_path / "npz-local"), "--labels", str(volumes.labels),
+            "--no-progress")
+    run_cli("convert", "npz", data_url, str(tmp_path / "npz-remote"), "--labels", f"s3://{BUCKET}/inputs/npz/labels.csv",
+            "--no-progress")
+    assert {n: d for n, d in dataset_files(local_files(tmp_path / "npz-remote")).items() if n.endswith(".tar")} == \
+           {n: d for n, d in dataset_files(local_files(tmp_path / "npz-local")).items() if n.endswith(".tar")}
+
+
+def test_killed_mid_upload_leaves_no_finished_looking_object_and_resume_completes(server, s3, tmp_path):
+    root = tmp_path / "pq"
+    generate(root, rows=360, subsets=2, files_per_subset=1, row_group_rows=60, seed=10)  # two ~15 MB shards
+    args = ["convert", "parquet", str(root), f"s3://{BUCKET}/killed/out", "--no-progress"]
+    run_cli("convert", "parquet", str(root), str(tmp_path / "clean"), "--no-progress")
+    clean = {n: hashlib.sha256(d).hexdigest() for n, d in local_files(tmp_path / "clean").items() if n.endswith(".tar")}
+    server.clear()
+    child = subprocess.Popen([sys.executable, "-m", "fastwds", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not any("partNumber" in r.query for r in list(server.requests)) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.killpg(child.pid, signal.SIGKILL)  # mid-way through a multipart upload
+    finally:
+        child.wait()
+    left = objects(s3, "killed/out")
+    assert "manifest.json" not in left
+    for name, data in left.items():  # what is there is complete: a killed upload publishes nothing
+        if name.endswith(".tar"):
+            assert hashlib.sha256(data).hexdigest() == clean[name]
+    assert s3.list_multipart_uploads(Bucket=BUCKET, Prefix="killed/").get("Uploads"), "no upload was under way"
+    # The dead run's lease must expire before the output can be taken over.
+    refused = run_cli(*args, "--resume", check=False)
+    assert refused.returncode == 1 and "another fastwds run" in refused.stderr and "lease" in refused.stderr
+    lease = json.loads(s3.get_object(Bucket=BUCKET, Key="killed/out/.fastwds/lock")["Body"].read())
+    lease["expires"] = time.time() - 1  # as if its minute had passed
+    s3.put_object(Bucket=BUCKET, Key="killed/out/.fastwds/lock", Body=json.dumps(lease).encode())
+    run_cli(*args, "--resume")
+    after = objects(s3, "killed/out")
+    assert {n: hashlib.sha256(d).hexdigest() for n, d in after.items() if n.endswith(".tar")} == clean
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix="killed/").get("Uploads"), "dead uploads not aborted"
+
+
+def test_readers_read_shards_in_the_bucket(server, s3, tmp_path):
+    root = tmp_path / "pq"
+    generate(root, rows=90, subsets=1, files_per_subset=1, row_group_rows=30, seed=12)
+    url = f"s3://{BUCKET}/readers/out"
+    run_cli("convert", "parquet", str(root), url, "--max-samples-per-shard", "40", "--no-progress")
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key="readers/out/manifest.json")["Body"].read())
+    expected = manifest["totals"]["samples"]
+    samples = list(fastwds.WebDataset(url))
+    assert len(samples) == expected and all(isinstance(s["json"], dict) for s in samples)
+    assert len(list(fastwds.WebDataset(f"{url}/manifest.json", decode=False))) == expected
+    report = json.loads(run_cli("verify", url, "--full", "--json").stdout)
+    assert report["errors"] == 0 and report["samples"] == expected and report["shards"] == len(manifest["shards"])
+    assert any("manifest.json" in checked for checked in report["checked"])
+    shown = run_cli("inspect", url, "-n", "1").stdout
+    assert "sample 0" in shown and ".json" in shown
+    # webdataset itself, through presigned HTTP URLs (it fetches them with curl).
+    presigned = [s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": f"readers/out/{s['name']}"})
+                 for s in manifest["shards"]]
+    assert len(read_webdataset(presigned)) == expected
+
+
+def test_store_errors_are_one_clear_line_naming_the_url(server, s3, tmp_path):
+    root = tmp_path / "pq"
+    generate(root, rows=30, subsets=1, files_per_subset=1, row_group_rows=30, seed=13)
+    missing = run_cli("convert", "parquet", str(root), "s3://no-such-bucket/out", check=False)
+    assert missing.returncode == 1 and "s3://no-such-bucket" in missing.stderr and "does not exist" in missing.stderr
+    server.denied_prefix = f"/{BUCKET}/denied"
+    try:
+        denied = run_cli("convert", "parquet", str(root), f"s3://{BUCKET}/denied/out", check=False)
+    finally:
+        server.denied_prefix = None
+    assert denied.returncode == 1 and f"s3://{BUCKET}/denied/out" in denied.stderr and "access denied" in denied.stderr
+    server.clear()
+    server.throttle_next = 3  # the store sheds load: retried with backoff
+    run_cli("convert", "parquet", str(root), f"s3://{BUCKET}/throttled/out", "--no-progress")
+    assert sum(r.status.startswith("503") for r in server.requests) == 3
+    assert "manifest.json" in objects(s3, "throttled/out")
+    no_keys = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
+    no_keys.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    anonymous = subprocess.run([sys.executable, "-m", "fastwds", "convert", "parquet", str(root),
+                                f"s3://{BUCKET}/anonymous/out"], capture_output=True, text=True, env=no_keys)
+    assert anonymous.returncode == 1 and "no AWS credentials" in anonymous.stderr
+    for result in (missing, denied, anonymous):
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("output", ["gs://bucket/out", "s3:/bucket/out", "https://host/out"])
+def test_a_url_fastwds_cannot_write_is_an_error_not_a_local_folder(tmp_path, output):
+    root = tmp_path / "pq"
+    generate(root, rows=10, subsets=1, files_per_subset=1, row_group_rows=10, seed=14)
+    result = subprocess.run([sys.executable, "-m", "fastwds", "convert", "parquet", str(root), output],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1 and output in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pq"], "a local folder was created for a URL"
