@@ -239,3 +239,16 @@ def test_a_url_fastwds_cannot_write_is_an_error_not_a_local_folder(tmp_path, out
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1 and output in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pq"], "a local folder was created for a URL"
+
+
+def test_bench_upload_measures_against_uploading_the_finished_shards(tmp_path):
+    """`fastwds bench upload` starts its own S3 server: the three lines and the ratios come out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run([sys.executable, "-m", "fastwds", "bench", "upload", "--rows", "300", "--repeat", "1",
+                             "--dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("  ")[0]: line for line in result.stdout.splitlines()}
+    for runner in ("fastwds convert into the bucket", "boto3 upload_file of the finished shards [floor]",
+                   "fastwds convert into a local folder (no upload) [peer]"):
+        assert runner in lines and "FAILED" not in lines[runner]
+    assert "x floor" in result.stdout

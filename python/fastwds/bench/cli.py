@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import NamedTuple
 
-from fastwds.bench import convert, read, write
+from fastwds.bench import convert, read, upload, write
 from fastwds.bench.harness import positive
 
 
@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 SUBCOMMANDS["convert"] = Subcommand(convert.HELP, convert.add_arguments, convert.run)
 SUBCOMMANDS["read"] = Subcommand(read.HELP, read.add_arguments, read.run)
+SUBCOMMANDS["upload"] = Subcommand(upload.HELP, upload.add_arguments, upload.run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
