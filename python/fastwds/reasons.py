@@ -105,6 +105,9 @@ VERIFY_CODES: dict[str, tuple[str, str]] = {
     "hidden_key": (WARNING, "a key starting with '.' or '__': HF datasets skips it, other readers do not"),
     "image_extension_mismatch": (WARNING, "an image's extension does not match its real format"),
     "unlisted_shard": (WARNING, "a shard that an index or manifest of the dataset does not list"),
+    "hf_columns_differ": (WARNING, "samples have different members: HF datasets fails to load them or drops some "
+                                   "(it infers its columns from the first samples) unless they are declared"),
+    "hf_columns_undeclared": (WARNING, "members the dataset card (README.md) does not declare: HF datasets drops them"),
     "index_not_checked": (WARNING, "an index file that could not be checked"),
 }
 

@@ -56,6 +56,9 @@ class TaskResult:
     seconds: float = 0.0
     # Source-specific totals the manifest sums up (e.g. input bytes, precision statistics).
     stats: dict[str, Any] = field(default_factory=dict)
+    # Member extensions written in this task's samples ("json", "jpg", "0.png", ...): the
+    # columns a reader like HF datasets will see.
+    members: list[str] = field(default_factory=list)
 
 
 class BatchConverter(Protocol):
@@ -85,6 +88,7 @@ class RejectLog:
 
 async def _run_pipeline(batches: Iterator[Any] | AsyncIterator[Any], converter: BatchConverter,
                         writer: ShardWriter, progress: Progress, queue_batches: int) -> None:
+    members: set[str] = set()
     read_queue: asyncio.Queue = asyncio.Queue(queue_batches)
     write_queue: asyncio.Queue = asyncio.Queue(queue_batches)
     done = object()
@@ -107,12 +111,14 @@ async def _run_pipeline(batches: Iterator[Any] | AsyncIterator[Any], converter: 
         while (prepared := await write_queue.get()) is not done:
             if prepared.ids:
                 await asyncio.to_thread(writer.write_batch, prepared.ids, prepared.columns)
+                members.update(prepared.columns)
             converter.result.written += len(prepared.ids)
             progress(prepared.rows, len(prepared.ids), prepared.payload_bytes)
 
     async with asyncio.TaskGroup() as group:
         for stage in (read, validate, write):
             group.create_task(stage())
+    converter.result.members = sorted(members)
 
 
 def run_task(task: Task, batches: Iterator[Any] | AsyncIterator[Any], converter: BatchConverter,

@@ -11,6 +11,7 @@ import shutil
 import time
 from typing import Any
 
+from fastwds import hf
 from fastwds.convert.commit import new_session, remove_dead_attempts
 from fastwds.convert.engines import get_engine
 from fastwds.convert.execute import TaskJob
@@ -107,6 +108,13 @@ def finalize(output: Output, plan: Plan, options: ConvertOptions, records: list[
     if finish.stats:
         manifest["stats"] = finish.stats
     manifest.update(finish.sections)
+    members = sorted({member for record in records for member in record.get("members", [])})
+    features = hf.feature_list(members)
+    output.write_text(hf.CARD_NAME, hf.dataset_card(output.name, manifest["totals"]["samples"], features, command))
+    manifest["hf"] = {"card": hf.CARD_NAME, "features": features}
+    if features is None and len({tuple(r.get("members", [])) for r in records if r["written"]}) > 1:
+        log.warning("HF datasets: the samples' members differ and include types it infers itself; "
+                    "load_dataset takes its columns from the first samples only (fastwds verify lists them)")
     wids = wids_document([(s["name"], s["samples"], s["bytes"]) for s in manifest["shards"]], output.name)
     output.write_text(WIDS_INDEX_NAME, json.dumps(wids, indent=2) + "\n")
     manifest["indexes"] = {"wids": WIDS_INDEX_NAME, "rejects": REJECTS_NAME}

@@ -22,6 +22,7 @@ from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output
 from fastwds.convert.plan import Plan, Task
 from fastwds.energon import remove_energon_meta
+from fastwds.hf import CARD_NAME, is_ours
 from fastwds.errors import InvalidInputError, ResumeMismatchError
 
 log = logging.getLogger("fastwds")
@@ -62,6 +63,8 @@ def prepare_output(output: Output, plan: Plan, options: ConvertOptions, resume: 
         # Files with our names that no fastwds run of this output wrote are not ours to replace.
         names = output.list()
         foreign = [name for task in plan.tasks for name in names if is_task_output(name, task.name)]
+        if CARD_NAME in names and not is_ours(output.read_text(CARD_NAME)):
+            foreign.append(CARD_NAME)
         if foreign:
             raise InvalidInputError(f"{output.location} already has {', '.join(foreign[:3])}"
                                     f"{' and more' if len(foreign) > 3 else ''}, not written by a fastwds run "
@@ -79,7 +82,8 @@ def clear_output(output: Output, previous: dict[str, Any]) -> None:
     planned = previous.get("tasks") or sorted(output.recorded_tasks())
     names = output.list()
     output.delete([name for name in names for task in planned if is_task_output(name, task)]
-                  + [name for name in (MANIFEST_NAME, REJECTS_NAME, WIDS_INDEX_NAME) if name in names])
+                  + [name for name in (MANIFEST_NAME, REJECTS_NAME, WIDS_INDEX_NAME) if name in names]
+                  + ([CARD_NAME] if CARD_NAME in names and is_ours(output.read_text(CARD_NAME)) else []))
     remove_energon_meta(output)
     state = [f"{STATE_DIR}/{name}" for name in output.list(STATE_DIR)]
     output.delete([name for name in state if name != LOCK_FILE and not name.startswith(f"{STATE_DIR}/attempts/")])

@@ -104,7 +104,7 @@ def expand_shards(spec: str | os.PathLike) -> ShardSet:
 
 
 # Files beside the shards that verify checks them against: copied into the local mirror.
-SIDECAR_SUFFIXES = (".json", ".idx", ".yaml", ".sqlite", ".uuid", ".py")
+SIDECAR_SUFFIXES = (".json", ".idx", ".yaml", ".sqlite", ".uuid", ".py", ".md")
 
 
 def _remote_shards(spec: str) -> ShardSet:

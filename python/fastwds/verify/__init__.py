@@ -22,6 +22,7 @@ from pathlib import Path
 from fastwds.tar.names import split_name
 from fastwds.tar.scanner import TarScanner, group_samples
 from fastwds.tar.shards import expand_shards
+from fastwds.verify.hf_columns import HfColumns
 from fastwds.verify.images import ImageChecks
 from fastwds.verify.precision import PrecisionChecks
 from fastwds.verify.report import Report
@@ -57,6 +58,7 @@ class DatasetVerifier:
         self.full = full
         self.threads = threads or min(8, os.cpu_count() or 1)
         self.sidecars = Sidecars(self.shard_set.root, self.report.add)
+        self.hf_columns = HfColumns(self.report, self.shard_set.root)
         # Keys of every shard so far, as 16-byte digests (a dataset can have tens of millions of
         # keys): digest -> shard number.
         self.keys: dict[bytes, int] = {}
@@ -70,6 +72,7 @@ class DatasetVerifier:
                 self.check_shard(path, images)
                 images.flush()
         self.sidecars.finish(self.shard_set.whole_folder)
+        self.hf_columns.finish()
         if self.precision is not None:
             self.precision.finish()
             self.report.precision = self.precision.summary()
@@ -129,6 +132,7 @@ class DatasetVerifier:
     def check_sample(self, sample, number: int, shard: str, images: ImageChecks) -> None:
         report = self.report
         key = sample.key
+        self.hf_columns.add(number, key, sample.extensions())
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
         earlier = self.keys.get(digest)
         if earlier is None:
