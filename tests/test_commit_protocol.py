@@ -311,9 +311,12 @@ def test_an_attempt_of_an_earlier_run_does_not_publish(dataset, tmp_path, start)
     prepare_output(open_output(out), plan, options, resume=False, overwrite=False, session="old")
     job = tmp_path / "job"
     job.write_bytes(pickle.dumps(TaskJob("parquet", plan.tasks[0], plan.input_root, options, str(out), "old")))
-    old = start.run([sys.executable, "-c", OVERLAP_SCRIPT, str(job)], stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: staged_shards(out), "the old attempt's first staged shard")
-    os.kill(old.pid, signal.SIGSTOP)
+    # Its shards staged, about to publish: the attempt stops itself there (commit.stop_here).
+    old = start.run([sys.executable, "-c", OVERLAP_SCRIPT, str(job)], stderr=subprocess.PIPE, text=True,
+                    env={**os.environ, "FASTWDS_TEST_STOP_AT": "staged"})
+    wait_for(lambda: process_state(old.pid) == "T" or old.poll() is not None, "the old attempt to stop")
+    assert old.poll() is None, f"the old attempt ended first ({old.returncode}): {old.communicate()[1]}"
+    assert staged_shards(out)
     prepare_output(open_output(out), plan, options, resume=True, overwrite=False, session="new")
     os.kill(old.pid, signal.SIGCONT)
     _, stderr = old.communicate(timeout=TIMEOUT)

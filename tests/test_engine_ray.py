@@ -328,47 +328,72 @@ def test_a_node_that_cannot_run_fastwds_is_refused_by_name(cluster, parquet_data
     assert not list((out / ".fastwds" / "tasks").glob("*.json"))
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+def free_port_block(count: int) -> int:
+    """The first of `count` consecutive free ports below the kernel's ephemeral range (32768+), so
+    no port handed out to another socket meanwhile falls inside a node's worker-port range."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise AssertionError(f"no {count} consecutive free ports")
 
 
-def test_real_ray_start_processes(tmp_path, local_parquet, parquet_data):
+def started(log: Path, process: subprocess.Popen):
+    """True once `ray start` says so; an AssertionError with its log if it exited instead."""
+    text = log.read_text()
+    if "Ray runtime started" in text:
+        return True
+    if process.poll() is not None:
+        raise AssertionError(f"`ray start` exited with {process.returncode}:\n{text[-3000:]}")
+    return False
+
+
+def test_real_ray_start_processes(tmp_path, local_parquet, parquet_data, monkeypatch):
     """A head and a worker started as `ray start --block` processes with explicit ports, the way a
     cluster is started by hand; stopped by SIGTERM to exactly those processes."""
     ray_bin = Path(sys.executable).with_name("ray")
-    gcs, dashboard, *ports = free_ports(20)
+    base = free_port_block(100)
+    gcs, dashboard = base, base + 1
 
-    def node_ports(offset: int) -> list[str]:
-        chosen = ports[offset:offset + 9]
-        return [f"--node-manager-port={chosen[0]}", f"--object-manager-port={chosen[1]}",
-                f"--min-worker-port={chosen[2]}", f"--max-worker-port={chosen[2] + 40}",
-                f"--dashboard-agent-listen-port={chosen[3]}", f"--dashboard-agent-grpc-port={chosen[4]}",
-                f"--runtime-env-agent-port={chosen[5]}", f"--metrics-export-port={chosen[6]}"]
+    def node_ports(first: int) -> list[str]:
+        return [f"--node-manager-port={first}", f"--object-manager-port={first + 1}",
+                f"--dashboard-agent-listen-port={first + 2}", f"--dashboard-agent-grpc-port={first + 3}",
+                f"--runtime-env-agent-port={first + 4}", f"--metrics-export-port={first + 5}",
+                f"--min-worker-port={first + 10}", f"--max-worker-port={first + 40}"]
 
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
+    # Their own temp folder (the driver's too): the module's other cluster's session is not theirs.
+    monkeypatch.setenv("RAY_TMPDIR", f"/tmp/fws{os.getpid()}")
+    logs = {name: tmp_path / f"{name}.log" for name in ("head", "worker")}
+    handles = [open(logs["head"], "w"), open(logs["worker"], "w")]
     head = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={gcs}", "--include-dashboard=false",
-                             f"--dashboard-port={dashboard}", *common, *node_ports(0)],
-                            stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
-    started = [head]
+                             f"--dashboard-port={dashboard}", *common, *node_ports(base + 2)],
+                            stdout=handles[0], stderr=subprocess.STDOUT, start_new_session=True)
+    processes = [head]
     try:
-        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), "the head", timeout=90)
-        worker = subprocess.Popen([str(ray_bin), "start", f"--address=127.0.0.1:{gcs}", *common, *node_ports(9)],
-                                  stdout=logs[1], stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        started.insert(0, worker)
-        wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), "the worker", timeout=90)
+        wait_for(lambda: started(logs["head"], head), "the head", timeout=180)
+        worker = subprocess.Popen([str(ray_bin), "start", f"--address=127.0.0.1:{gcs}", *common,
+                                   *node_ports(base + 50)],
+                                  stdout=handles[1], stderr=subprocess.STDOUT, start_new_session=True)
+        processes.insert(0, worker)
+        wait_for(lambda: started(logs["worker"], worker), "the worker", timeout=180)
         out = tmp_path / "out"
         convert("parquet", [str(parquet_data)], out, *PARQUET, "--engine", "ray", "--ray-address", f"127.0.0.1:{gcs}")
         assert_same_as_local(out, local_parquet)
     finally:
-        for process in started:  # worker first, then the head: each tears down its own node
+        for process in processes:  # worker first, then the head: each tears down its own node
             process.terminate()
             try:
                 process.wait(60)
@@ -379,8 +404,8 @@ def test_real_ray_start_processes(tmp_path, local_parquet, parquet_data):
             except ProcessLookupError:
                 pass
             process.wait()
-        for log in logs:
-            log.close()
+        for handle in handles:
+            handle.close()
 
 
 def test_a_cluster_converts_from_a_bucket_to_a_bucket(cluster, parquet_data, local_parquet):

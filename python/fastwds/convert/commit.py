@@ -124,6 +124,7 @@ class Attempt:
     def publish(self) -> None:
         """Give every staged file its final name (replacing an identical copy another attempt of
         this task may have published), then make that durable."""
+        stop_here("staged")
         self.check_current()
         for name in self.staged_files():
             self.output.publish(self.dir / name, name)
