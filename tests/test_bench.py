@@ -30,7 +30,7 @@ def test_bench_write_reports_every_runner(tmp_path):
     work.mkdir()
     completed = subprocess.run(
         [sys.executable, "-m", "fastwds", "bench", "write", "--samples", "300", "--repeat", "1",
-         "--json", str(report_path), "--dir", str(work)],
+         "--report", str(report_path), "--dir", str(work)],
         capture_output=True, text=True, check=False,
     )
     assert completed.returncode == 0, completed.stderr

@@ -49,7 +49,7 @@ def test_generated_dataset_every_runner_scaling_and_targets(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     completed = bench("--rows", "200", "--repeat", "1", "--workers", "2,1", "--modes", "default,full",
-                      "--json", "out.json", "--dir", str(work), cwd=tmp_path)
+                      "--report", "out.json", "--dir", str(work), cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     table = completed.stdout
     assert list(work.iterdir()) == []  # the generated dataset and every run's output are gone
@@ -111,7 +111,7 @@ def test_input_sampled_with_limit(tmp_path):
     broken = sum(sample_id in dataset.broken for sample_id in ids)
     assert broken > 0
     completed = bench(str(tmp_path / "data"), "--limit", "110", "--repeat", "1", "--workers", "1",
-                      "--json", "out.json", cwd=tmp_path)
+                      "--report", "out.json", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     report = json.loads((tmp_path / "out.json").read_text())
     assert report["params"]["rows"] == 110 and report["params"]["limit"] == 110
@@ -149,7 +149,7 @@ def test_damaged_input_fails_runners_visibly(tmp_path):
     generate(tmp_path / "data", rows=120, subsets=1, files_per_subset=2)
     corrupt_column(tmp_path / "data" / "subset_0" / "part-001.parquet", "conversations.list.element.value")
     completed = bench(str(tmp_path / "data"), "--repeat", "1", "--workers", "1", "--modes", "default,full",
-                      "--json", "out.json", cwd=tmp_path)
+                      "--report", "out.json", cwd=tmp_path)
     assert completed.returncode == 1  # a failed runner fails the benchmark
     report = json.loads((tmp_path / "out.json").read_text())
     by_name = {r["name"]: r for r in report["runners"]}
@@ -349,7 +349,7 @@ def test_sft_input_sampled_with_limit(tmp_path):
                    if e.id in ("too-few", "video-token", "late-system", "bad-role"))
     payload += len(dataset.files["cut.jpg"])
     completed = bench(str(tmp_path / "sft" / "data.json"), "--limit", "20", "--repeat", "1", "--workers", "1",
-                      "--modes", "default,full", "--json", "out.json", cwd=tmp_path)
+                      "--modes", "default,full", "--report", "out.json", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     report = json.loads((tmp_path / "out.json").read_text())
     assert report["params"]["kind"] == "sft" and report["params"]["rows"] == 20
@@ -375,7 +375,7 @@ def test_npz_input_sampled_with_limit(tmp_path):
     first = sorted(dataset.files.values())[:5]  # fastwds' order: relative paths, sorted
     payload = sum((dataset.root / relative).stat().st_size for relative in first)
     completed = bench(str(dataset.root), "--limit", "5", "--repeat", "1", "--workers", "1",
-                      "--json", "out.json", cwd=tmp_path)
+                      "--report", "out.json", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     report = json.loads((tmp_path / "out.json").read_text())
     assert report["params"]["kind"] == "npz" and report["params"]["rows"] == 5

@@ -31,7 +31,7 @@ def test_bench_read_reports_every_runner(tmp_path):
     work.mkdir()
     completed = subprocess.run(
         [sys.executable, "-m", "fastwds", "bench", "read", "--volumes", "6", "--shape", "1,8,64,64",
-         "--samples-per-shard", "2", "--workers", "0,2", "--zstd", "--repeat", "1", "--json", str(report_path),
+         "--samples-per-shard", "2", "--workers", "0,2", "--zstd", "--repeat", "1", "--report", str(report_path),
          "--dir", str(work)],
         capture_output=True, text=True, check=False,
     )

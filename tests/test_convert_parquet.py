@@ -160,7 +160,7 @@ def test_clear_errors_for_bad_input(tmp_path):
     assert result.returncode == 1
     assert "a.parquet" in result.stderr and "'sample_id'" in result.stderr and "conversations" in result.stderr
     result = run_cli("convert", "parquet", "--input_dir", str(data), check=False)
-    assert result.returncode == 1 and "OUTPUT_DIR is required" in result.stderr
+    assert result.returncode == 2 and "OUTPUT_DIR is required" in result.stderr
 
 
 def test_seed_flag_spellings(tmp_path):

@@ -4,9 +4,7 @@ media members and the Energon-style sample JSON, read back with webdataset and t
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 

@@ -276,4 +276,4 @@ def test_shards_without_volumes_are_a_no_op_with_a_note(tmp_path):
     text = run_cli("verify", str(tmp_path), "--check-precision").stdout
     assert "precision: no float16 volumes in these shards: nothing to compare" in text
     result = run_cli("verify", str(tmp_path), "--source-root", str(tmp_path), check=False)
-    assert result.returncode != 0 and "fastwds: error: --source-root needs --check-precision" in result.stderr
+    assert result.returncode == 2 and "fastwds verify: error: --source-root needs --check-precision" in result.stderr

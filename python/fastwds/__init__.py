@@ -1,32 +1,41 @@
-"""fastwds: turn ML training data into validated, deterministic WebDataset shards, fast."""
+"""fastwds: turn ML training data into validated, deterministic WebDataset shards, fast.
 
-from fastwds._core import ShardRecord, __version__, portable_key
-from fastwds.errors import (
-    DuplicateKeyError,
-    FastwdsError,
-    InvalidInputError,
-    ResumeMismatchError,
-    SampleError,
-    ShardPatternError,
-    WriterClosedError,
-)
-from fastwds.indexes import write_wids_index
-from fastwds.reader import WebDataset, make_loader
-from fastwds.writer import ShardWriter
+The public names load on first use (``fastwds.ShardWriter`` imports the writer, numpy and the
+Rust core then), so that ``fastwds --help`` and Ctrl-C at start-up are instant."""
 
-__all__ = [
-    "DuplicateKeyError",
-    "FastwdsError",
-    "InvalidInputError",
-    "ResumeMismatchError",
-    "SampleError",
-    "ShardPatternError",
-    "ShardRecord",
-    "ShardWriter",
-    "WebDataset",
-    "WriterClosedError",
-    "__version__",
-    "make_loader",
-    "portable_key",
-    "write_wids_index",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "DuplicateKeyError": "fastwds.errors",
+    "FastwdsError": "fastwds.errors",
+    "InvalidInputError": "fastwds.errors",
+    "NothingWrittenError": "fastwds.errors",
+    "ResumeMismatchError": "fastwds.errors",
+    "SampleError": "fastwds.errors",
+    "ShardPatternError": "fastwds.errors",
+    "WriterClosedError": "fastwds.errors",
+    "ShardRecord": "fastwds._core",
+    "__version__": "fastwds._core",
+    "portable_key": "fastwds._core",
+    "ShardWriter": "fastwds.writer",
+    "WebDataset": "fastwds.reader",
+    "make_loader": "fastwds.reader",
+    "write_wids_index": "fastwds.indexes",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'fastwds' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

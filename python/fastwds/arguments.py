@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 
-from fastwds.errors import InvalidInputError
+from typing import Any
+
+from fastwds.errors import UsageError
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -19,9 +21,61 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * UNITS[match.group(2).upper()])
 
 
-def positional_or_flag(args: argparse.Namespace, name: str) -> str:
+def positional_or_flag(args: argparse.Namespace, name: str, shown: str | None = None) -> str:
     """A path given as a positional or, in the seed scripts' spelling, as ``--NAME``."""
-    value = getattr(args, f"{name}_flag") or getattr(args, name)
+    value = getattr(args, f"{name}_flag", None) or getattr(args, name)
     if not value:
-        raise InvalidInputError(f"{name.upper()} is required (positional, or --{name})")
+        raise UsageError(f"{shown or name.upper()} is required")
     return value
+
+
+def positive(kind: type) -> Any:
+    """An argparse ``type=`` that accepts only values of ``kind`` above zero."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be at least 1, not {text}" if kind is int
+                                             else f"must be positive, not {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def add_flag(parser: Any, name: str, *aliases: str, **options: Any) -> argparse.Action:
+    """A dashed flag, shown in ``--help``, and other spellings of it (the seed scripts'
+    underscores) that work but are not shown."""
+    action = parser.add_argument(name, **options)
+    hidden = {k: v for k, v in options.items() if k not in ("default", "help", "metavar", "dest", "required")}
+    for alias in aliases:
+        parser.add_argument(alias, dest=action.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **hidden)
+    return action
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def add_log_level(parser: argparse.ArgumentParser, default: Any) -> None:
+    add_flag(parser, "--log-level", "--log_level", dest="log_level", type=str.upper, choices=LOG_LEVELS,
+             default=default, metavar="LEVEL", help="DEBUG, INFO (default), WARNING or ERROR, on stderr")
+
+
+def parents() -> list[argparse.ArgumentParser]:
+    """What every subcommand takes as well as the top-level command (``fastwds --log-level DEBUG
+    verify ...`` and ``fastwds verify ... --log-level DEBUG`` alike): the subcommand's copy leaves
+    the top level's value alone unless given."""
+    common = argparse.ArgumentParser(add_help=False)
+    add_log_level(common, argparse.SUPPRESS)
+    return [common]

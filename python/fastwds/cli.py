@@ -1,18 +1,23 @@
 """The ``fastwds`` command line. Each subcommand lives in its own module and registers its
-arguments here through an ``add_arguments(parser)`` / ``run(args) -> int`` pair."""
+arguments here through an ``add_arguments(parser)`` / ``run(args) -> int`` pair.
+
+Exit status, as Unix tools have it: 0 done, 1 an error in the data or the run (one line naming the
+file and the reason, never a traceback), 2 a wrong command line (with the usage), 130 Ctrl-C,
+141 the reader of our output went away (``fastwds inspect ... | head``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-
-from fastwds import __version__
-from fastwds.errors import FastwdsError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fastwds import __version__
     from fastwds import inspect as inspect_cli
+    from fastwds.arguments import add_log_level, parents
     from fastwds.bench import cli as bench_cli
     from fastwds.convert import cli as convert_cli
     from fastwds.verify import cli as verify_cli
@@ -22,31 +27,57 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn ML training data into validated, deterministic WebDataset shards.",
     )
     parser.add_argument("--version", action="version", version=f"fastwds {__version__}")
+    add_log_level(parser, "INFO")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    convert = commands.add_parser("convert", help="convert a dataset into WebDataset shards")
+    convert = commands.add_parser("convert", help="convert a dataset into WebDataset shards", parents=parents(),
+                                  description="Convert a dataset into validated WebDataset shards.")
     convert_cli.add_arguments(convert)
-    bench = commands.add_parser("bench", help="measure fastwds against the alternatives on this machine")
+    bench = commands.add_parser("bench", help="measure fastwds against the alternatives on this machine",
+                                parents=parents())
     bench_cli.add_arguments(bench)
-    bench.set_defaults(run=bench_cli.run)
+    bench.set_defaults(run=bench_cli.run, parser=bench)
     inspect = commands.add_parser("inspect", help="show the samples of shards (any producer)",
-                                  description=inspect_cli.DESCRIPTION)
+                                  description=inspect_cli.DESCRIPTION, parents=parents())
     inspect_cli.add_arguments(inspect)
+    inspect.set_defaults(parser=inspect)
     verify = commands.add_parser("verify", help="check shards, keys, JSON, images and indexes; exit 1 on errors",
-                                 description=verify_cli.DESCRIPTION)
+                                 description=verify_cli.DESCRIPTION, parents=parents())
     verify_cli.add_arguments(verify)
+    verify.set_defaults(parser=verify)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C at any moment, start-up included
+        if not getattr(interrupt, "reported", False):  # a conversion already said how far it got
+            print("fastwds: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # like other tools: stop quietly when the reader is gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit cannot fail again
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
+    from fastwds.errors import FastwdsError, UsageError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    # fastwds' own messages at the level asked for; other libraries' (asyncio, Ray) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("fastwds").setLevel(args.log_level)
     try:
         return args.run(args)
-    except KeyboardInterrupt:
-        print("fastwds: interrupted", file=sys.stderr)
-        return 130
+    except UsageError as error:
+        command = getattr(args, "parser", parser)
+        command.print_usage(sys.stderr)
+        print(f"{command.prog}: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise  # not an error of the data: main() ends quietly
     except (FastwdsError, ValueError, OSError) as error:
         # Users get one clear line; the traceback is for bugs, not for bad input.
         print(f"fastwds: error: {error}", file=sys.stderr)

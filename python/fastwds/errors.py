@@ -11,6 +11,10 @@ class InvalidInputError(FastwdsError, ValueError):
     """The input cannot be converted as given (missing column, no files, bad option, ...)."""
 
 
+class UsageError(FastwdsError):
+    """The command line itself is wrong (a missing argument, a bad combination): exit status 2."""
+
+
 class ResumeMismatchError(FastwdsError):
     """``--resume`` was asked for, but the input or the options differ from the interrupted run."""
 
@@ -37,5 +41,6 @@ __all__ = [
     "ResumeMismatchError",
     "SampleError",
     "ShardPatternError",
+    "UsageError",
     "WriterClosedError",
 ]

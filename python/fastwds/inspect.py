@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from fastwds.arguments import add_flag, positive
 from fastwds.errors import InvalidInputError
 from fastwds.media import ImageInfo, inspect_images
 from fastwds.tar.names import split_name
@@ -97,14 +98,43 @@ def npy_summary(data: bytes) -> str:
 
 
 class Inspector:
-    def __init__(self, out: TextIO, full_json: bool, save_dir: Path | None) -> None:
+    def __init__(self, out: TextIO, full_json: bool, save_dir: Path | None, as_json: bool = False) -> None:
         self.out = out
         self.full_json = full_json
         self.save_dir = save_dir
+        self.as_json = as_json
         self.saved = 0
         self.refused = 0
 
-    def show(self, shard: Path, sample: Sample) -> None:
+    def record(self, shard: str, sample: Sample) -> dict[str, Any]:
+        """The sample as one JSON object (``--json``): members with their sizes and image headers,
+        the parsed JSON member, and the problems the text view flags."""
+        extensions = sample.extensions()
+        images = [(ext, m) for ext, m in sample.members if is_image_extension(ext) and m.data is not None]
+        infos = dict(zip([m.name for _, m in images], inspect_images([m.data for _, m in images])))
+        members, document, problems = [], None, [f.message for f in sample_structure_findings(sample.key, extensions)]
+        for ext, member in sample.members:
+            info = infos.get(member.name)
+            entry: dict[str, Any] = {"name": member.name, "size": member.size}
+            if isinstance(info, ImageInfo):
+                entry["image"] = {"format": info.format, "width": info.width, "height": info.height}
+            elif info is not None:
+                problems.append(f"{member.name}: {info.reason}: {info.detail}")
+            members.append(entry)
+            if member.data is not None and is_json_extension(ext):
+                try:
+                    document = parse_json_member(member.data)
+                except ValueError as error:
+                    problems.append(f"{member.name} is not valid JSON: {error}")
+                    continue
+                problems += [f.message for f in json_findings(sample.key, member.name, document, extensions)]
+        return {"shard": shard, "key": sample.key, "index": sample.index, "offset": sample.offset,
+                "members": members, "json": document, "problems": problems}
+
+    def show(self, shard: Path, sample: Sample, shard_name: str = "") -> None:
+        if self.as_json:
+            self.out.write(json.dumps(self.record(shard_name or shard.name, sample), ensure_ascii=False) + "\n")
+            return
         write = self.out.write
         extensions = sample.extensions()
         write(f"  sample {sample.index}  key {sample.key!r}  (byte {sample.offset:,}, {len(sample.members)} members)\n")
@@ -161,21 +191,21 @@ class Inspector:
 
 
 def inspect(spec: str, key: str | None = None, limit: int | None = None, full_json: bool = False,
-            save_dir: str | os.PathLike | None = None, out: TextIO = sys.stdout) -> int:
+            save_dir: str | os.PathLike | None = None, out: TextIO = sys.stdout, as_json: bool = False) -> int:
     """Print samples of the shards under ``spec``; returns how many were shown. ``key`` picks
     one sample (InvalidInputError when no shard has it)."""
     shard_set = expand_shards(spec)
     try:
-        return _inspect(shard_set, spec, key, limit, full_json, save_dir, out)
+        return _inspect(shard_set, spec, key, limit, full_json, save_dir, out, as_json)
     finally:
         shard_set.close()
 
 
 def _inspect(shard_set: ShardSet, spec: str, key: str | None, limit: int | None, full_json: bool,
-             save_dir: str | os.PathLike | None, out: TextIO) -> int:
+             save_dir: str | os.PathLike | None, out: TextIO, as_json: bool = False) -> int:
     if limit is None and key is None and shard_set.whole_folder:
         limit = DEFAULT_FOLDER_SAMPLES
-    inspector = Inspector(out, full_json, Path(save_dir) if save_dir is not None else None)
+    inspector = Inspector(out, full_json, Path(save_dir) if save_dir is not None else None, as_json)
     if key is not None:
         def wanted(name: str) -> bool:
             split = split_name(name)
@@ -192,15 +222,19 @@ def _inspect(shard_set: ShardSet, spec: str, key: str | None, limit: int | None,
             for sample in group_samples(iter(scanner)):
                 if key is not None and sample.key != key:
                     continue
-                out.write(header)
+                if not as_json:
+                    out.write(header)
                 header = ""
-                inspector.show(path, sample)
+                inspector.show(path, sample, shard_set.relative(path))
                 shown += 1
                 if key is not None or (limit is not None and shown >= limit):
                     break
         for defect in scanner.defects:  # only defects before where we stopped reading
-            out.write(f"{header}  PROBLEM: {defect.code} at byte {defect.offset}: {defect.detail} "
-                      "(fastwds verify checks the whole dataset)\n")
+            message = f"{defect.code} at byte {defect.offset}: {defect.detail} (fastwds verify checks the whole dataset)"
+            if as_json:
+                out.write(json.dumps({"shard": shard_set.relative(path), "problem": message}) + "\n")
+            else:
+                out.write(f"{header}  PROBLEM: {message}\n")
             header = ""
     if key is not None and not shown:
         raise InvalidInputError(f"key {key!r} not found in {len(shard_set.paths)} shard(s) of {spec}")
@@ -209,7 +243,7 @@ def _inspect(shard_set: ShardSet, spec: str, key: str | None, limit: int | None,
         scope += f"; saved {inspector.saved} image(s) to {inspector.save_dir}"
         if inspector.refused:
             scope += f", refused {inspector.refused} unsafe name(s)"
-    out.write(f"shown {scope}\n")
+    print(f"shown {scope}", file=sys.stderr if as_json else out)
     return shown
 
 
@@ -217,17 +251,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="a shard, a folder of shards, or a pattern like "
                                                      "'out/shard-{000000..000009}.tar'")
     parser.add_argument("key", metavar="KEY", nargs="?", help="show only the sample with this key")
-    parser.add_argument("-n", "--num-samples", "--num_samples", type=int, default=None, dest="limit", metavar="N",
+    parser.add_argument("-n", "--num-samples", type=positive(int), default=None, dest="limit", metavar="N",
                         help=f"show at most N samples (default: {DEFAULT_FOLDER_SAMPLES} for a folder, "
                              "every sample for a shard or pattern)")
-    parser.add_argument("--save-images", "--save_images", metavar="DIR", default=None,
+    parser.add_argument("--num_samples", type=positive(int), dest="limit", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    add_flag(parser, "--save-images", "--save_images", metavar="DIR", default=None, dest="save_images",
                         help="write the images shown to DIR/<shard>/<key>.<ext>")
     parser.add_argument("--full-json", action="store_true", help="print JSON without shortening long values")
+    parser.add_argument("--json", action="store_true",
+                        help="print each sample as one JSON object per line on stdout (members, sizes, image "
+                             "headers, the JSON member, problems)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise InvalidInputError("-n must be at least 1")
-    inspect(args.path, args.key, args.limit, args.full_json, args.save_images)
+    inspect(args.path, args.key, args.limit, args.full_json, args.save_images, as_json=args.json)
     return 0

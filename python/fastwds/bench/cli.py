@@ -11,8 +11,8 @@ import argparse
 from collections.abc import Callable
 from typing import NamedTuple
 
+from fastwds.arguments import parents, positive
 from fastwds.bench import convert, read, upload, write
-from fastwds.bench.harness import positive
 
 
 class Subcommand(NamedTuple):
@@ -32,10 +32,12 @@ SUBCOMMANDS["upload"] = Subcommand(upload.HELP, upload.add_arguments, upload.run
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, command in SUBCOMMANDS.items():
-        sub = benchmarks.add_parser(name, help=command.help, description=command.help)
+        sub = benchmarks.add_parser(name, help=command.help, description=command.help, parents=parents())
         sub.add_argument("--repeat", type=positive(int), default=3, metavar="N",
                          help="timed repetitions after one warm-up round (default: %(default)s)")
-        sub.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
+        sub.add_argument("--json", action="store_true",
+                         help="print the report (every number) as JSON on stdout; the table goes to stderr")
+        sub.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
         sub.add_argument("--dir", metavar="DIR",
                          help="where the temporary output goes (default: the system temp dir); "
                               "use the disk you will write shards to")

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fastwds.arguments import positive
 from fastwds.bench import convert_sources as sources
 from fastwds.bench.harness import (
     Clock,
@@ -39,7 +40,6 @@ from fastwds.bench.harness import (
     Suite,
     make_durable,
     manifest_shard_digests,
-    positive,
     run_suite,
     write_in_pieces,
 )
@@ -576,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
 def run_on(data: BenchInput, args: argparse.Namespace) -> int:
     suite = build_suite(data, args.modes, sorted(args.workers), args.engines)
     on_report = (lambda report: draw(args.plot, report)) if args.plot else None
-    return run_suite(suite, repeat=args.repeat, json_path=args.json, workdir=args.dir, on_report=on_report)
+    return run_suite(suite, repeat=args.repeat, json_path=args.report, as_json=args.json, workdir=args.dir, on_report=on_report)
 
 
 def draw(path: str, report: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ and prints medians, spread, peak RSS and ratios against the floor and the peer.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -311,11 +310,12 @@ def _filesystem_type(path: str) -> str:
 
 def run_suite(suite: Suite, *, repeat: int = 3, json_path: str | Path | None = None,
               workdir: str | Path | None = None, out: TextIO | None = None,
-              on_report: Callable[[dict[str, Any]], None] | None = None) -> int:
-    """Run ``suite``, print its table to ``out`` (stdout), write ``json_path`` if given, and hand
-    the same report to ``on_report`` if given (e.g. to draw a plot).
+              on_report: Callable[[dict[str, Any]], None] | None = None, as_json: bool = False) -> int:
+    """Run ``suite``, print its table to ``out`` (stdout; stderr with ``as_json``, which prints the
+    report as JSON on stdout), write the report to ``json_path`` if given, and hand it to
+    ``on_report`` if given (e.g. to draw a plot).
     Returns the exit code: 1 if any runner failed (its row says why), else 0."""
-    out = out or sys.stdout
+    out = out or (sys.stderr if as_json else sys.stdout)
     machine = machine_info(workdir)
     results = run_benchmark(suite.runners, repeat=repeat, workdir=workdir)
     rows = _rows(suite, results)
@@ -341,6 +341,8 @@ def run_suite(suite: Suite, *, repeat: int = 3, json_path: str | Path | None = N
     }
     if json_path is not None:
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(report, indent=2))
     if on_report is not None:
         on_report(report)
     return 1 if any(r.status == "failed" for r in results) else 0
@@ -415,13 +417,3 @@ def _notes(suite: Suite, repeat: int) -> list[str]:
         "in-memory input; timed +MiB is how far the peak rose during the timed section",
         *suite.notes,
     ]
-
-
-def positive(kind: type) -> Any:
-    """An argparse ``type=`` that accepts only values of ``kind`` above zero."""
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-        return value
-    return parse

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastwds.bench.harness import Clock, Runner, Suite, positive, run_suite
+from fastwds.arguments import positive
+from fastwds.bench.harness import Clock, Runner, Suite, run_suite
 from fastwds.convert.run import convert
 from fastwds.sources import get_source
 from fastwds.sources.npz import NpzOptions, find_volumes
@@ -264,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
                      if args.zstd else None)
         try:
             return run_suite(suite(bench_args, args.workers, zstd_args), repeat=args.repeat,
-                             json_path=args.json, workdir=args.dir)
+                             json_path=args.report, as_json=args.json, workdir=args.dir)
         finally:
             if not args.npz:
                 shutil.rmtree(npz_dir, ignore_errors=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from fastwds import storage
-from fastwds.bench.harness import Clock, Runner, Suite, manifest_shard_digests, positive, run_suite
+from fastwds.arguments import positive
+from fastwds.bench.harness import Clock, Runner, Suite, manifest_shard_digests, run_suite
 from fastwds.convert.run import convert
 from fastwds.errors import InvalidInputError
 from fastwds.sources import get_source
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                        "fastwds stages each shard on local scratch and uploads it whole once complete (a killed "
                        "upload leaves no object); records, indexes and the manifest follow as small PUTs"],
             )
-            return run_suite(suite, repeat=args.repeat, json_path=args.json, workdir=args.dir)
+            return run_suite(suite, repeat=args.repeat, json_path=args.report, as_json=args.json, workdir=args.dir)
     finally:
         if server is not None:
             server.stop()

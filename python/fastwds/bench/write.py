@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 import fastwds
-from fastwds.bench.harness import Clock, Runner, Suite, make_durable, positive, run_suite, sha256_files
+from fastwds.arguments import positive
+from fastwds.bench.harness import Clock, Runner, Suite, make_durable, run_suite, sha256_files
 
 HELP = "write the same in-memory samples with fastwds, webdataset.ShardWriter and raw write()"
 MAXCOUNT = 10_000
@@ -148,5 +149,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return run_suite(suite(args.samples, args.payload_kb), repeat=args.repeat,
-                     json_path=args.json, workdir=args.dir)
+                     json_path=args.report, as_json=args.json, workdir=args.dir)
 

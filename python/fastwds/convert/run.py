@@ -52,20 +52,24 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         pending = [t for t in plan.tasks if t.name not in finished]
         if resumed:
             log.info("resuming: %d of %d tasks already finished", len(plan.tasks) - len(pending), len(plan.tasks))
-        progress = ProgressReporter(sum(t.num_rows for t in pending), enabled=show_progress)
+        progress = ProgressReporter(sum(t.num_rows for t in pending), enabled=show_progress, total_tasks=len(pending))
         jobs = [TaskJob(plan.source, task, plan.input_root, options, output.location, session) for task in pending]
         settings = dict(engine_settings or {})
         if engine == "local":
             settings.setdefault("num_workers", options.num_workers)
         elif engine == "ray":  # nodes must decode and encode images alike when images are decoded
             settings.setdefault("check_images", options.verify_images == "full" or options.reencode is not None)
+        log.debug("plan: %d task(s), %d pending, %s rows to convert", len(plan.tasks), len(pending),
+                  f"{sum(t.num_rows for t in pending):,}")
         try:
-            get_engine(engine, **settings).run(jobs, progress.task_totals)
+            get_engine(engine, **settings).run(jobs, progress)
         except BaseException as error:
             progress.close()
             remove_dead_attempts(output)  # the engine's workers are stopped: tidy their staging
             if isinstance(error, KeyboardInterrupt):
-                log.error("interrupted: finished shards are kept; run again with --resume to complete")
+                finished_now = output.recorded_tasks()
+                raise ConversionInterrupted(len(finished_now), len(plan.tasks), progress.rows,
+                                            sum(t.num_rows for t in plan.tasks)) from None
             raise
         finally:
             if aborted := output.abort_uploads():  # what killed uploads of dead attempts left
@@ -76,9 +80,27 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         records = [read_record(output, t) for t in plan.tasks]
         manifest = finalize(output, plan, options, records, command, time.perf_counter() - started, resumed,
                             engine)
+        done = {t.name for t in pending}
+        manifest["this_run"] = {"rows": sum(t.num_rows for t in pending),
+                                "bytes": sum(s["bytes"] for s in manifest["shards"] if s["task"] in done)}
     if manifest["totals"]["rows"] and not manifest["totals"]["samples"]:
         raise NothingWrittenError(nothing_written_message(manifest, output), manifest)
     return manifest
+
+
+class ConversionInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: how far it got (finished tasks are complete and kept)."""
+
+    def __init__(self, finished: int, tasks: int, rows: int, total_rows: int) -> None:
+        super().__init__(finished, tasks, rows, total_rows)
+        self.finished, self.tasks, self.rows, self.total_rows = finished, tasks, rows, total_rows
+
+    def progress(self) -> str:
+        if not self.finished:
+            return (f"no task had finished ({self.rows:,} of {self.total_rows:,} rows were read); nothing is "
+                    "published yet")
+        return (f"{self.finished:,} of {self.tasks:,} tasks had finished and their shards are complete and kept "
+                f"({self.rows:,} rows read in this run)")
 
 
 def nothing_written_message(manifest: dict[str, Any], output: Output) -> str:
@@ -110,7 +132,9 @@ def finalize(output: Output, plan: Plan, options: ConvertOptions, records: list[
     manifest.update(finish.sections)
     members = sorted({member for record in records for member in record.get("members", [])})
     features = hf.feature_list(members)
-    output.write_text(hf.CARD_NAME, hf.dataset_card(output.name, manifest["totals"]["samples"], features, command))
+    # Titled after the input, not the output folder: the same input gives the same bytes wherever it goes.
+    title = plan.input_root.rstrip("/").replace(os.sep, "/").rsplit("/", 1)[-1] or "dataset"
+    output.write_text(hf.CARD_NAME, hf.dataset_card(title, manifest["totals"]["samples"], features, command))
     manifest["hf"] = {"card": hf.CARD_NAME, "features": features}
     if features is None and len({tuple(r.get("members", [])) for r in records if r["written"]}) > 1:
         log.warning("HF datasets: the samples' members differ and include types it infers itself; "

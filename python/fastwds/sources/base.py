@@ -70,6 +70,7 @@ class Source:
     name: ClassVar[str]  # the subcommand (`fastwds convert NAME`) and the manifest's source.kind
     help: ClassVar[str]
     description: ClassVar[str]
+    usage: ClassVar[str]  # its positionals, for the usage line: "INPUT OUTPUT_DIR"
     # The source's samples carry images: it takes --verify-images, --reencode, --quality, --max-side.
     has_images: ClassVar[bool] = True
     # ConvertOptions defaults that differ for this source (shard sizes), for the CLI and the library.

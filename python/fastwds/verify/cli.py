@@ -8,6 +8,8 @@ import json
 import sys
 import time
 
+from fastwds.arguments import positive
+from fastwds.errors import UsageError
 from fastwds.reasons import ERROR, WARNING
 from fastwds.verify import verify
 from fastwds.verify.report import Report
@@ -25,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="decode every image (default: headers and end markers)")
     parser.add_argument("--strict", action="store_true", help="treat warnings (portability) as errors")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    parser.add_argument("--threads", type=int, default=None, help="image decoding threads with --full")
+    parser.add_argument("--threads", type=positive(int), default=None, metavar="N",
+                        help="image decoding threads with --full (default: up to 8, one per core)")
     parser.add_argument("--check-precision", action="store_true",
                         help="compare every float16 volume (convert npz) with its NPZ source again: shape, "
                              "float16 rounding, and the max abs error / RMSE recorded in its JSON")
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.source_root is not None and not args.check_precision:
-        raise ValueError("--source-root needs --check-precision")
+        raise UsageError("--source-root needs --check-precision")
     report = verify(args.path, full=args.full, threads=args.threads, check_precision=args.check_precision,
                     source_root=args.source_root)
     elapsed = time.perf_counter() - started

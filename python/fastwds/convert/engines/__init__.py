@@ -6,15 +6,20 @@ rest (the output folder, resume, the manifest). An engine is one module here, re
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from fastwds.convert.execute import TaskJob
 from fastwds.errors import FastwdsError
 
-# (task name, rows done, rows written, bytes written): a task's running totals of its current
-# attempt, so a retried task replaces its own count rather than adding to it.
-TaskProgress = Callable[[str, int, int, int], None]
+class TaskProgress(Protocol):
+    """Where an engine reports (``fastwds.progress.ProgressReporter``)."""
+
+    def task_totals(self, task: str, rows: int, written: int, size: int) -> None:
+        """A task's running totals of its current attempt (a retry replaces its count, never adds)."""
+
+    def task_finished(self, task: str, shards: list[dict]) -> None:
+        """The task is recorded: its shards (their records: name, samples, bytes, ...) are published."""
 
 ENGINES: dict[str, str] = {
     "local": "fastwds.convert.engines.local:LocalEngine",

@@ -63,8 +63,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, p
         except EOFError:  # the driver closed the pipe: no more work
             return
         try:
-            execute_task(job, report)
-            conn.send(("done", None))
+            conn.send(("done", execute_task(job, report)["shards"]))
         except (FastwdsError, OSError, ValueError) as error:
             conn.send(("failed", f"task {job.task.name}: {error}"))
         except Exception:  # a bug: keep the worker's traceback for the report
@@ -113,7 +112,7 @@ class LocalEngine:
     def run(self, jobs: Sequence[TaskJob], progress: TaskProgress) -> None:
         if self.num_workers <= 1 or len(jobs) <= 1:
             for job in jobs:
-                execute_task(job, progress)
+                progress.task_finished(job.task.name, execute_task(job, progress.task_totals)["shards"])
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe once polars' threads exist
         count = min(self.num_workers, len(jobs))
@@ -170,8 +169,9 @@ class LocalEngine:
             while worker.conn.poll():
                 kind, payload = worker.conn.recv()
                 if kind == "progress":
-                    progress(*payload)
+                    progress.task_totals(*payload)
                 elif kind == "done":
+                    progress.task_finished(worker.job.task.name, payload)
                     worker.job = None
                     return True
                 else:

@@ -110,15 +110,15 @@ def can_read(location: str) -> bool:
         return False
 
 
-def run_attempt(job: TaskJob, board: Any) -> None:
-    """One attempt of one task on a Ray worker (the body of the remote function)."""
+def run_attempt(job: TaskJob, board: Any) -> list[dict]:
+    """One attempt of one task on a Ray worker (the body of the remote function): its shards."""
     attempt = uuid.uuid4().hex[:8]
 
     def report(task: str, rows: int, written: int, size: int) -> None:
         board.report.remote(task, attempt, rows, written, size)
 
     try:
-        execute_task(job, report)
+        return execute_task(job, report)["shards"]
     except OSError as error:
         if error.errno in TRANSIENT_ERRNOS:
             raise TransientIOError(f"task {job.task.name}: {error}") from None
@@ -207,11 +207,11 @@ class RayEngine:
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
                 for task, totals in ray.get(board.drain.remote()).items():
                     first_seen.setdefault(task, time.monotonic())
-                    progress(task, *totals)
+                    progress.task_totals(task, *totals)
                 for ref in ready:
                     job = running.pop(ref)
                     try:
-                        ray.get(ref)
+                        shards = ray.get(ref)
                     except ray.exceptions.TaskCancelledError:
                         continue  # the loser of a duplicate
                     except ray.exceptions.RayTaskError as error:
@@ -228,6 +228,7 @@ class RayEngine:
                     if job.task.name in done:
                         continue
                     done.add(job.task.name)
+                    progress.task_finished(job.task.name, shards)
                     if job.task.name in first_seen:
                         durations.append(time.monotonic() - first_seen[job.task.name])
                     for other, other_job in list(running.items()):  # first result wins

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastwds import storage
-from fastwds.arguments import positional_or_flag
+from fastwds.arguments import add_flag, positional_or_flag, positive
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output
 from fastwds.convert.plan import Plan, Task
@@ -56,6 +56,7 @@ class NpzSource(Source):
     name = "npz"
     help = "NPZ volumes + CSV reports/metadata/labels -> float16 shards"
     description = DESCRIPTION
+    usage = "DATA_FOLDER OUTPUT_DIR"
     has_images = False
     # 100 float16 CT-RATE volumes (1x240x480x480) are ~11 GB: the byte cap must not cut them first.
     defaults = {"max_samples_per_shard": 100, "max_shard_bytes": 16 * 10**9}
@@ -64,32 +65,36 @@ class NpzSource(Source):
     execution = {"batch_rows": 1, "queue_batches": 1, "image_threads": 1}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("data_folder", nargs="?", help="folder of .npz volumes")
-        parser.add_argument("output_dir", nargs="?", help="folder for the shards")
+        parser.add_argument("data_folder", nargs="?", metavar="DATA_FOLDER", help="folder (or s3:// prefix) of .npz volumes")
+        parser.add_argument("output_dir", nargs="?", metavar="OUTPUT_DIR", help="folder or s3:// prefix for the shards")
         parser.add_argument("--data_folder", "--data-folder", dest="data_folder_flag", help=argparse.SUPPRESS)
         parser.add_argument("--output_dir", "--output-dir", dest="output_dir_flag", help=argparse.SUPPRESS)
-        parser.add_argument("--reports", "--reports_file", "--reports-file", metavar="CSV",
-                            help="reports CSV (text columns go to the sample JSON under 'report')")
-        parser.add_argument("--meta", "--meta_file", "--meta-file", "--metadata", metavar="CSV",
-                            help="metadata CSV (JSON 'metadata')")
-        parser.add_argument("--labels", "--labels_file", "--labels-file", metavar="CSV",
-                            help="multi-label CSV: every column but the key is a numeric label")
-        parser.add_argument("--key-column", "--key_column", default="VolumeName",
-                            help="the CSVs' key column (default VolumeName); 'x.nii.gz' matches x.npz")
-        parser.add_argument("--array", default=None, help="name of the array inside each .npz (default: the only one)")
-        parser.add_argument("--samples_per_shard", "--samples-per-shard", type=int, dest="max_samples_per_shard",
-                            metavar="N", help=argparse.SUPPRESS)
-        parser.add_argument("--on-overflow", "--on_overflow", choices=ON_OVERFLOW, default="skip",
-                            help="volumes with NaN, inf or values beyond float16's +-65504: skip (default; listed "
-                                 "in rejects.jsonl), clip (NaN -> 0, others -> +-65504, counted per volume) or fail")
-        parser.add_argument("--compress", choices=("zstd",), default=None,
-                            help="store volumes as KEY.npy.zst (fastwds.WebDataset and HF datasets decompress it)")
-        parser.add_argument("--zstd-level", "--zstd_level", type=int, default=3, help="zstd level (default 3)")
-        parser.add_argument("--strict", action="store_true",
-                            help="fail when anything would go to rejects.jsonl: volumes without CSV rows and CSV "
-                                 "rows without volumes (checked before converting), then any rejected volume")
-        parser.add_argument("--test_mode", "--test-mode", action="store_true",
-                            help=f"convert the first {TEST_MODE_VOLUMES} volumes only")
+        tables = parser.add_argument_group("CSV tables (joined on the key column)")
+        add_flag(tables, "--reports", "--reports_file", "--reports-file", metavar="CSV",
+                 help="reports CSV (text columns go to the sample JSON under 'report')")
+        add_flag(tables, "--meta", "--meta_file", "--meta-file", "--metadata", metavar="CSV",
+                 help="metadata CSV (JSON 'metadata')")
+        add_flag(tables, "--labels", "--labels_file", "--labels-file", metavar="CSV",
+                 help="multi-label CSV: every column but the key is a numeric label")
+        add_flag(tables, "--key-column", "--key_column", default="VolumeName", dest="key_column", metavar="NAME",
+                 help="the CSVs' key column (default VolumeName); 'x.nii.gz' matches x.npz")
+        volumes = parser.add_argument_group("volumes")
+        volumes.add_argument("--array", default=None, metavar="NAME",
+                             help="name of the array inside each .npz (default: the only one)")
+        add_flag(volumes, "--samples-per-shard", "--samples_per_shard", type=positive(int), dest="max_samples_per_shard",
+                 metavar="N", help="volumes per shard: the same as --max-samples-per-shard (default 100)")
+        add_flag(volumes, "--on-overflow", "--on_overflow", choices=ON_OVERFLOW, default="skip", dest="on_overflow",
+                 help="volumes with NaN, inf or values beyond float16's +-65504: skip (default; listed in "
+                      "rejects.jsonl), clip (NaN -> 0, others -> +-65504, counted per volume) or fail")
+        volumes.add_argument("--compress", choices=("zstd",), default=None,
+                             help="store volumes as KEY.npy.zst (fastwds.WebDataset and HF datasets decompress it)")
+        add_flag(volumes, "--zstd-level", "--zstd_level", type=positive(int), default=3, dest="zstd_level",
+                 metavar="N", help="zstd level (default 3)")
+        volumes.add_argument("--strict", action="store_true",
+                             help="fail when anything would go to rejects.jsonl: volumes without CSV rows and CSV "
+                                  "rows without volumes (checked before converting), then any rejected volume")
+        add_flag(volumes, "--test-mode", "--test_mode", action="store_true", dest="test_mode",
+                 help=f"convert the first {TEST_MODE_VOLUMES} volumes only")
 
     def configure(self, args: argparse.Namespace) -> SourceJob:
         npz = NpzOptions(reports=_absolute(args.reports), meta=_absolute(args.meta), labels=_absolute(args.labels),

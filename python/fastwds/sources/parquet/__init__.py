@@ -12,7 +12,7 @@ import argparse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fastwds.arguments import positional_or_flag
+from fastwds.arguments import add_flag, positional_or_flag
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan, Task
 from fastwds.sources.base import Source, SourceJob
@@ -26,23 +26,26 @@ __all__ = ["SOURCE", "ParquetColumns", "plan_parquet"]
 class ParquetSource(Source):
     name = "parquet"
     help = "multimodal instruct parquet (LLaVA style)"
-    description = "Convert a folder of LLaVA-style parquet into validated shards."
+    description = ("Convert LLaVA-style parquet into validated shards: a folder (or s3:// prefix) whose folders "
+                   "holding parquet files are subsets, or one .parquet file.")
+    usage = "INPUT OUTPUT_DIR"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("input_dir", nargs="?", help="folder of parquet files (subfolders are subsets)")
-        parser.add_argument("output_dir", nargs="?", help="folder for the shards")
+        parser.add_argument("input_dir", nargs="?", metavar="INPUT",
+                            help="a folder (or s3:// prefix) of parquet files, subfolders being subsets, or one .parquet")
+        parser.add_argument("output_dir", nargs="?", metavar="OUTPUT_DIR", help="folder or s3:// prefix for the shards")
         parser.add_argument("--input_dir", "--input-dir", dest="input_dir_flag", help=argparse.SUPPRESS)
         parser.add_argument("--output_dir", "--output-dir", dest="output_dir_flag", help=argparse.SUPPRESS)
+        columns = parser.add_argument_group("columns")
         defaults = ParquetColumns()
         for name in ("id", "image", "images", "conversations", "data_source"):
-            flag = name.replace("_", "-")
-            parser.add_argument(f"--{flag}-column", f"--{name}_column", dest=f"{name}_column",
-                                default=getattr(defaults, name), help=f"column holding {name} (default {name!r})")
+            add_flag(columns, f"--{name.replace('_', '-')}-column", f"--{name}_column", dest=f"{name}_column",
+                     default=getattr(defaults, name), metavar="NAME", help=f"column holding {name} (default {name!r})")
 
     def configure(self, args: argparse.Namespace) -> SourceJob:
         columns = ParquetColumns(args.id_column, args.image_column, args.images_column,
                                  args.conversations_column, args.data_source_column)
-        return SourceJob(positional_or_flag(args, "input_dir"), positional_or_flag(args, "output_dir"), columns)
+        return SourceJob(positional_or_flag(args, "input_dir", "INPUT"), positional_or_flag(args, "output_dir"), columns)
 
     def plan(self, inputs: Any, options: ConvertOptions) -> Plan:
         return plan_parquet(inputs, options.source_options, options.max_samples_per_shard, options.max_shard_bytes,

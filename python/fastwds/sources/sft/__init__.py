@@ -19,7 +19,7 @@ from typing import Any
 
 from fastwds import portable_key
 from fastwds import storage
-from fastwds.arguments import parse_size
+from fastwds.arguments import add_flag, parse_size
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output, open_output
 from fastwds.convert.plan import Plan, Task
@@ -62,14 +62,15 @@ class SftSource(Source):
     help = "SFT JSON/JSONL with image or video files (LLaVA / Megatron-Energon style)"
     description = ("Convert SFT JSON or JSONL files (samples with messages/conversations and image or video paths) "
                    "into validated shards, with Megatron-Energon metadata by default.")
+    usage = "DATA [DATA ...] OUTPUT_DIR"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("paths", nargs="+", metavar="DATA... OUTPUT_DIR",
                             help="JSON/JSONL files or globs, then the folder for the shards")
         parser.add_argument("--media", choices=MEDIA_KINDS, default="image",
                             help="image (keys image/images, <image> tokens; default) or video (video/videos, <video>)")
-        parser.add_argument("--media-root", "--media_root", dest="media_root", default=None,
-                            help="folder media paths are relative to (default: each JSON file's folder)")
+        add_flag(parser, "--media-root", "--media_root", dest="media_root", default=None, metavar="DIR",
+                 help="folder (or s3:// prefix) media paths are relative to (default: each JSON file's folder)")
         parser.add_argument("--allow-media-outside-root", action="store_true",
                             help="read media paths that resolve (symlinks followed) outside the media root "
                                  "(--media-root, else the folder of the input files); refused by default")
@@ -78,7 +79,7 @@ class SftSource(Source):
         parser.add_argument("--energon", action=argparse.BooleanOptionalAction, default=True,
                             help=f"write .nv-meta/ and .tar.idx files so Megatron-Energon {ENERGON_VERSION} loads the "
                                  "shards without `energon prepare` (default: on)")
-        parser.add_argument("--split-ratio", "--split_ratio", dest="split_ratio", type=split_ratio_argument,
+        add_flag(parser, "--split-ratio", "--split_ratio", dest="split_ratio", type=split_ratio_argument, metavar="T,V,T",
                             help="train,val,test shares of the shards in .nv-meta/split.yaml, cut like "
                                  "`energon prepare --split-ratio` (default: all train)", default=None)
         parser.add_argument("--energon-sample-type", dest="sample_type", default=DEFAULT_SAMPLE_TYPE,

@@ -24,8 +24,8 @@ SIZE_SAMPLE_ROWS = 64
 
 
 def expand_inputs(data: list[str]) -> list[str]:
-    """Files and globs (local), files and prefixes (s3://: every .json/.jsonl under a prefix), in
-    the order given (globs and prefixes sorted), each file once."""
+    """Files, globs and folders (local), files and prefixes (s3://), in the order given; a folder or
+    a prefix stands for every .json/.jsonl under it (sorted, hidden folders skipped), each file once."""
     files: list[str] = []
     for item in data:
         if storage.is_url(item):
@@ -36,6 +36,14 @@ def expand_inputs(data: list[str]) -> list[str]:
                           if e.relative.lower().endswith((".json", ".jsonl"))]
             else:
                 raise InvalidInputError(f"{item}: no such object or prefix")
+        elif os.path.isdir(item):
+            found = sorted(str(p.resolve()) for p in Path(item).rglob("*")
+                           if p.suffix.lower() in (".json", ".jsonl") and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            if not found:
+                raise InvalidInputError(f"{item}: a folder with no .json or .jsonl file in it; "
+                                        "give the JSON files (or a glob such as DIR/*.jsonl)")
+            files += found
         else:
             files += [str(p.resolve()) for p in matching_files(item)]
     unique = list(dict.fromkeys(files))

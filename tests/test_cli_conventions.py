@@ -1,0 +1,272 @@
+"""The command line as a user meets it in a terminal and in pipes: a progress bar that fits the
+terminal and redraws in place (a real pseudo-terminal of 80 columns), Ctrl-C typed into that
+terminal at start-up and mid-run, readers that go away (``| head``), usage errors (exit 2), the
+global ``--log-level`` on either side of the command, help that shows one spelling per flag."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from fastwds.synthetic import generate
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli-data")
+    generate(root, rows=3000, subsets=2, files_per_subset=2, row_group_rows=50, seed=3)
+    return root
+
+
+class Terminal:
+    """A child process whose stdin/stdout/stderr and controlling terminal are a pseudo-terminal of
+    the given size, as in a terminal emulator: typing Ctrl-C there signals its foreground group."""
+
+    def __init__(self, args: list[str], columns: int = 80, cwd: Path | None = None) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        self.process = subprocess.Popen(
+            args, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        self.output = b""
+
+    def read(self, timeout: float = 0.1) -> None:
+        while select.select([self.master], [], [], timeout)[0]:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # the child closed the terminal
+                return
+            if not chunk:
+                return
+            self.output += chunk
+            timeout = 0
+
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.text()):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.read()
+                if re.search(pattern, self.text()):
+                    return
+                raise AssertionError(f"no {pattern!r} in the terminal:\n{self.text()[-3000:]}")
+            self.read()
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def finish(self, timeout: float = 120) -> int:
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self.read()
+        self.read()
+        if self.process.poll() is None:
+            self.process.kill()
+            raise AssertionError(f"still running after {timeout} s:\n{self.text()[-3000:]}")
+        os.close(self.master)
+        return self.process.returncode
+
+
+def fastwds(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastwds", *args]
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What each redraw put on one terminal line: text between carriage returns and newlines,
+    escape sequences removed."""
+    return [ANSI.sub("", piece) for piece in re.split(r"[\r\n]", raw) if ANSI.sub("", piece).strip()]
+
+
+def test_progress_bar_fits_80_columns_and_redraws_in_place(dataset, tmp_path):
+    terminal = Terminal(fastwds("convert", "parquet", str(dataset), str(tmp_path / "out"), "--num-workers", "1",
+                                "--max-samples-per-shard", "200"))
+    assert terminal.finish() == 0
+    text = terminal.text()
+    bars = [line for line in screen_lines(text) if re.match(r" *\d+%\|", line)]
+    assert len(bars) >= 3, text  # redrawn while it ran
+    assert all(len(line) <= 80 for line in bars), [line for line in bars if len(line) > 80]
+    # Redraws go over the same line: the only newline in the bar's output is the last one.
+    bar_lines_ended = [line for line in text.split("\n") if re.search(r"\d+%\|", ANSI.sub("", line))]
+    assert len(bar_lines_ended) == 1, bar_lines_ended
+    last = bars[-1]
+    # A bar of 10+ cells, elapsed<ETA, then tasks, rows/s, bytes/s and skipped rows.
+    assert re.match(r"100%\|█{10,}\| \d\d:\d\d<\d\d:\d\d, 16/16 tasks, [\d.]+k? rows/s, [\d.]+[kMG]?B/s, "
+                    r"\d+ skipped$", last), last
+    assert "fastwds convert: done" in text and "Traceback" not in text
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(dataset, tmp_path):
+    result = run_cli("convert", "parquet", str(dataset), str(tmp_path / "out"), "--num-workers", "1")
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fastwds: ")]
+    assert lines and "3,000/3,000 rows (100%)" in lines[-1] and "ETA" in lines[-1]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
+def test_ctrl_c_during_start_up_prints_no_traceback(dataset, tmp_path, delay):
+    terminal = Terminal(fastwds("convert", "parquet", str(dataset), str(tmp_path / "out")))
+    time.sleep(delay)
+    terminal.type(b"\x03")
+    code = terminal.finish()
+    text = terminal.text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    # Before Python installs its handler the kernel's default ends the process (-SIGINT); after, 130.
+    assert code in (130, -signal.SIGINT), (code, text)
+    assert not list((tmp_path / "out").glob("*.tar")) if (tmp_path / "out").exists() else True
+
+
+def test_ctrl_c_mid_run_says_how_far_and_how_to_resume(dataset, tmp_path):
+    out = tmp_path / "out"
+    args = ["convert", "parquet", str(dataset), str(out), "--num-workers", "2", "--max-samples-per-shard", "100"]
+    terminal = Terminal(fastwds(*args))
+    terminal.wait_for(r"\| \S+, [1-9]\d*/\d+ tasks")  # at least one task finished
+    terminal.type(b"\x03")
+    assert terminal.finish() == 130
+    text = terminal.text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    message = re.search(r"fastwds: interrupted: (\d+) of (\d+) tasks had finished.*?rows read", text, re.S)
+    assert message, text
+    assert text.count("fastwds: interrupted") == 1, text
+    finished = int(message.group(1))
+    assert finished >= 1 and len(list(out.glob("*.tar"))) >= finished
+    command = re.search(r"to continue:\s*\n\s*(fastwds .*)", text).group(1).strip()
+    words = shlex.split(command)
+    assert words[0] == "fastwds" and words[1:] == [*args, "--resume"], command
+    resumed = run_cli(*words[1:], "--no-progress")
+    assert "(resumed)" in resumed.stdout and "converted in this run" in resumed.stdout
+    clean = tmp_path / "clean"
+    run_cli(*args[:2], str(dataset), str(clean), *args[4:], "--no-progress")
+    names = sorted(p.name for p in clean.glob("*.tar"))
+    assert sorted(p.name for p in out.glob("*.tar")) == names
+    assert all((out / name).read_bytes() == (clean / name).read_bytes() for name in names)
+    assert run_cli("verify", str(out)).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def shards(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli-shards") / "out"
+    run_cli("convert", "parquet", str(dataset), str(out), "--max-samples-per-shard", "100", "--no-progress")
+    return out
+
+
+@pytest.mark.parametrize("command", [["inspect", "-n", "3000"], ["inspect", "--json", "-n", "3000"]])
+def test_a_reader_that_goes_away_ends_quietly_like_head(shards, command):
+    """`fastwds inspect ... | head -1` in a shell with pipefail: exit 141 (SIGPIPE's), no message."""
+    script = f"set -o pipefail; {shlex.join(fastwds(command[0], str(shards), *command[1:]))} | head -1"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip(), result.stderr
+    assert result.returncode == 141, (result.returncode, result.stderr)
+    assert "Broken pipe" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [["verify"], ["verify", "--json"], ["inspect"], ["convert", "parquet"]])
+def test_output_into_a_closed_pipe_ends_quietly(shards, dataset, tmp_path, command):
+    """A reader gone before the first write (`| head -0`): every write fails with EPIPE."""
+    args = [*command, str(dataset if command[0] == "convert" else shards)]
+    if command[0] == "convert":
+        args += [str(tmp_path / "out"), "--no-progress", "--limit", "100"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    result = subprocess.run(fastwds(*args), stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    assert result.returncode == 141, (result.returncode, result.stderr)
+    assert result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["convert", "parquet"], "INPUT is required"),
+    (["convert", "parquet", "IN"], "OUTPUT_DIR is required"),
+    (["convert", "parquet", "IN", "OUT", "--num-workers", "0"], "--num-workers: must be at least 1, not 0"),
+    (["convert", "parquet", "IN", "OUT", "--max-samples-per-shard", "-3"], "--max-samples-per-shard"),
+    (["convert", "parquet", "IN", "OUT", "--resume", "--overwrite"], "not allowed with argument --resume"),
+    (["convert", "parquet", "IN", "OUT", "--max-shard-size", "lots"], "--max-shard-size"),
+    (["convert", "sft", "IN", "OUT", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["convert", "video", "IN", "OUT"], "invalid choice: 'video'"),
+    (["inspect", "x.tar", "-n", "0"], "-n"),
+    (["verify", "x.tar", "--source-root", "src"], "--source-root"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_usage_errors_exit_2_with_the_usage(args, message):
+    result = run_cli(*args, check=False)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "usage: fastwds" in result.stderr and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_data_errors_exit_1_with_one_line(tmp_path):
+    result = run_cli("convert", "parquet", str(tmp_path / "missing"), str(tmp_path / "out"), check=False)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"fastwds: error: {tmp_path / 'missing'}: no such file or folder"), line
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_log_level_on_either_side_of_the_command(dataset, tmp_path, where):
+    args = ["convert", "parquet", str(dataset), str(tmp_path / "out"), "--no-progress", "--limit", "50"]
+    args = ["--log-level", "DEBUG", *args] if where == "before" else [*args, "--log-level", "DEBUG"]
+    debug = run_cli(*args).stderr
+    assert re.search(r" DEBUG fastwds[.\w]*: plan: \d+ task", debug), debug
+    assert re.search(r" DEBUG fastwds: task \S+: published \S+-\d{6}\.tar \(\d+ samples, ", debug), debug
+    assert "asyncio" not in debug  # other libraries' debug messages stay out
+    quiet = run_cli("convert", "parquet", str(dataset), str(tmp_path / "quiet"), "--no-progress", "--limit", "50",
+                    "--log-level", "WARNING").stderr
+    assert " DEBUG " not in quiet and " INFO " not in quiet
+
+
+@pytest.mark.parametrize("source", ["parquet", "sft", "npz"])
+def test_help_shows_one_spelling_per_flag(source):
+    text = run_cli("convert", source, "--help").stdout
+    assert text.startswith(f"usage: fastwds convert {source} ")
+    flags = re.findall(r"(?<![\w-])--[a-z][\w-]*", text)
+    assert flags and not [flag for flag in flags if "_" in flag], [flag for flag in flags if "_" in flag]
+    assert "--log-level" in text and "--engine" in text
+
+
+def test_sft_accepts_a_folder_of_json_files(tmp_path):
+    examples = Path(__file__).parent.parent / "examples" / "sft"
+    folder = run_cli("convert", "sft", str(examples), str(tmp_path / "folder"), "--no-progress", "--json").stdout
+    file = run_cli("convert", "sft", str(examples / "train.jsonl"), str(tmp_path / "file"), "--no-progress",
+                   "--json").stdout
+    assert json.loads(folder)["samples"] == json.loads(file)["samples"] > 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("convert", "sft", str(empty), str(tmp_path / "o"), check=False)
+    assert result.returncode == 1 and "no .json or .jsonl file" in result.stderr
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from fastwds.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not action.help:
+                missing.append((" ".join(path), action.option_strings or action.dest))
+
+    walk(build_parser(), ["fastwds"])
+    assert not missing, missing
