@@ -94,7 +94,7 @@ def test_generated_dataset_every_runner_scaling_and_targets(tmp_path):
     target = bench_convert.fastwds_name("default", bench_convert.target_workers([1, 2]))
     x_floor, x_peer = (by_name[target]["summary"][k] for k in ("x_floor", "x_peer"))
     assert f"is {x_floor:.2f}x the floor (target >= 0.9x: " in targets
-    assert f"and {x_peer:.2f}x the peer (target >= 2.5x: " in targets
+    assert f"and {x_peer:.2f}x the peer (target >= 3.0x: " in targets
     full_line = next(line for line in report["findings"] if line.startswith("full verify: "))
     ratio = by_name[names[2]]["summary"]["mb_per_s"] / by_name[bench_convert.DECODE]["summary"]["mb_per_s"]
     assert f"is {ratio:.2f}x the one-core Pillow decode rate" in full_line and "target >= 1.8x" in full_line
@@ -276,7 +276,7 @@ def test_scaling_line_and_targets_from_summaries(monkeypatch):
     assert lines == [
         "scaling: 1 worker 2,100/s, 2 workers 3,900/s (1.86x)",
         "targets: fastwds convert, 2 workers is 0.95x the floor (target >= 0.9x: met) and "
-        "2.40x the peer (target >= 2.5x: NOT met)",
+        "2.40x the peer (target >= 3.0x: NOT met)",
     ]
     lines = bench_convert.findings({
         "fastwds convert, 1 worker": summary(2100),
@@ -295,7 +295,12 @@ def test_scaling_line_and_targets_from_summaries(monkeypatch):
         "fastwds convert, 2 workers": summary(1900, x_floor=0.8, x_peer=2.6),
     }, ["default"], [1, 2])
     assert lines[1] == ("targets: fastwds convert, 1 worker is 0.91x the floor (target >= 0.9x: met) and "
-                        "3.00x the peer (target >= 2.5x: met)")
+                        "3.00x the peer (target >= 3.0x: met)")
+    # Each kind of input has its own targets.
+    lines = bench_convert.findings({"fastwds convert, 1 worker": summary(50, x_floor=0.85, x_peer=2.0)},
+                                   ["default"], [1], kind="npz")
+    assert lines[1] == ("targets: fastwds convert, 1 worker is 0.85x the floor (target >= 0.9x: NOT met) and "
+                        "2.00x the peer (target >= 1.8x: met)")
 
 
 FINDINGS_RUNNERS = '''
@@ -363,9 +368,10 @@ def test_sft_input_sampled_with_limit(tmp_path):
     assert {run["samples"] for run in by_name[bench_convert.KIND_FLOOR["sft"]]["runs"]} == {20}
     assert "the first 20 rows of" in completed.stdout
     summary = by_name["fastwds convert, 1 worker"]["summary"]
-    ratios = (f"ratios: fastwds convert, 1 worker is {summary['x_floor']:.2f}x the floor and "
-              f"{summary['x_peer']:.2f}x the peer (no targets for sft input)")
-    assert ratios in completed.stdout.splitlines() and "target >= 0.9x" not in completed.stdout
+    targets = (f"targets: fastwds convert, 1 worker is {summary['x_floor']:.2f}x the floor (target >= 0.8x: "
+               f"{'met' if summary['x_floor'] >= 0.8 else 'NOT met'}) and {summary['x_peer']:.2f}x the peer "
+               f"(target >= 3.0x: {'met' if summary['x_peer'] >= 3.0 else 'NOT met'})")
+    assert targets in completed.stdout.splitlines()
 
 
 @pytest.mark.slow
@@ -384,7 +390,7 @@ def test_npz_input_sampled_with_limit(tmp_path):
                                      bench_convert.KIND_FLOOR["npz"]], payload)
     for runs in by_name.values():
         assert {run["samples"] for run in runs["runs"]} == {5}
-    assert "the first 5 volumes of" in completed.stdout and "(no targets for npz input)" in completed.stdout
+    assert "the first 5 volumes of" in completed.stdout and "(target >= 1.8x: " in completed.stdout
 
 
 def test_npz_input_refuses_image_modes(tmp_path):

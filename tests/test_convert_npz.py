@@ -410,3 +410,35 @@ def test_memory_stays_at_a_few_volumes_whatever_the_dataset_size(tmp_path):
     six = peak_rss_of_conversion(few, tmp_path / "o2")
     twenty_four = peak_rss_of_conversion(many, tmp_path / "o3")
     assert twenty_four - six < 6 * small.nbytes / 2, (six, twenty_four)
+
+
+def test_volumes_converted_at_once_are_written_in_order(tmp_path):
+    """Within one task several volumes are inflated and cast at once, and a big volume finishes
+    after the small ones behind it: the shard is the same bytes as with one thread, in input order,
+    and a bad volume among them is rejected in its place."""
+    from dataclasses import replace
+
+    from fastwds.convert.run import convert
+    from fastwds.sources import get_source
+    from fastwds.sources.npz import NpzOptions
+
+    root = tmp_path / "data"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    for number, depth in enumerate([48, 1, 2, 1, 3, 1, 40, 1]):
+        np.savez_compressed(root / f"vol_{number}.npz", rng.normal(size=(1, depth, 64, 64)).astype(np.float32))
+    (root / "vol_3.npz").write_bytes(b"PK\x03\x04 not a zip")  # unreadable, in the middle
+    source = get_source("npz")
+    options = source.convert_options(source_options=NpzOptions())
+    plan = source.plan(str(root), options)
+    assert len(plan.tasks) == 1
+    shards = {}
+    for threads in (1, 4):
+        out = tmp_path / f"threads{threads}"
+        manifest = convert(plan, out, replace(options, task_threads=threads), command="convert npz",
+                           show_progress=False)
+        shards[threads] = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+        assert manifest["invalid_by_reason"] == {"unreadable_volume": 1}
+        names = [m.name.split(".")[0] for m in read_members(next(out.glob("*.tar"))) if m.name.endswith(".json")]
+        assert names == [f"vol_{n}" for n in (0, 1, 2, 4, 5, 6, 7)]
+    assert shards[1] == shards[4]

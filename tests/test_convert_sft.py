@@ -229,10 +229,12 @@ def test_each_task_reads_exactly_its_rows_from_its_byte_range(tmp_path, rows, in
 def test_media_reads_are_concurrent(tmp_path, monkeypatch):
     """Every media read waits at a barrier until eight reads are in progress at once: a reader
     that read one file at a time (or a few) would never get past it. (FIFOs used to stand in for a
-    slow network file system here; fastwds now refuses them, see test_hostile_input.py.)"""
+    slow network file system here; fastwds now refuses them, see test_hostile_input.py.) Reads go
+    to threads a group of rows at a time: eight groups here."""
     from fastwds.sources.sft import media
 
-    count = 24
+    assert media.GROUPS_AHEAD >= 8
+    count = media.GROUP_ROWS * 8
     data = tmp_path / "data.jsonl"
     rows = [{"id": f"r{i}", "image": f"p{i}.jpg", "messages": chat("<image>")} for i in range(count)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

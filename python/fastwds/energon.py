@@ -118,6 +118,16 @@ class ShardIndex:
         return {"name": self.name, "samples": self.samples, "parts": self.parts, "end": self.end}
 
     @classmethod
+    def from_record(cls, record: Any) -> ShardIndex:
+        """From the writer's own record of the shard it wrote (``ShardRecord.samples()``): the
+        same index as ``index_shard`` reads from the tar headers, without reading the shard again."""
+        samples, parts = [], []
+        for number, (key, start, end, members) in enumerate(record.samples()):
+            samples.append((key, start, end - start))
+            parts += [(number, ext, data_offset, size) for ext, data_offset, size in members]
+        return cls(record.name, samples, parts, record.data_end)
+
+    @classmethod
     def from_json(cls, value: dict) -> ShardIndex:
         return cls(value["name"], [tuple(s) for s in value["samples"]], [tuple(p) for p in value["parts"]],
                    value["end"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from fastwds.convert.commit import Attempt
@@ -16,8 +15,6 @@ from fastwds.convert.options import ConvertOptions
 from fastwds.convert.pipeline import run_task
 from fastwds.convert.plan import Task
 from fastwds.convert.state import write_record
-from fastwds.energon import index_shard
-from fastwds.errors import FastwdsError
 from fastwds.sources import get_source
 
 
@@ -50,23 +47,12 @@ def execute_task(job: TaskJob, report: Callable[[str, int, int, int], None]) -> 
 
     report(job.task.name, 0, 0, 0)  # a retry starts its count again
     with Attempt(output, job.task.name, job.session) as attempt:
-        with ThreadPoolExecutor(job.options.image_threads, thread_name_prefix="fastwds-work") as executor:
+        with ThreadPoolExecutor(job.options.task_threads, thread_name_prefix="fastwds-work") as executor:
             converter = source.make_converter(job.task, job.options, executor)
             batches = source.read_task(job.input_root, job.task, job.options)
             result = run_task(job.task, batches, converter, job.options, attempt.dir, progress=progress)
         record = asdict(result)
-        if job.options.energon_index:
-            record["energon"] = [energon_index(attempt.dir, shard["name"]) for shard in record["shards"]]
         attempt.publish()
         attempt.check_current()
         write_record(output, job.task, record)
     return record
-
-
-def energon_index(staging: Path, name: str) -> dict:
-    """Energon's index of a staged shard, from its own tar headers, checked against the
-    ``.tar.idx`` the writer left beside it."""
-    index = index_shard(staging, name)
-    if (staging / f"{name}.idx").read_bytes() != index.tar_idx():
-        raise FastwdsError(f"internal error: {name}.idx disagrees with the shard's tar headers; refusing to publish")
-    return index.to_json()

@@ -28,7 +28,9 @@ class ConvertOptions:
     limit: int | None = None
     # Execution only: these do not change the output.
     num_workers: int = 1
-    image_threads: int = 2
+    # Threads a task's converter uses for CPU work that releases the GIL (image checks, NPZ
+    # volumes inflated and cast): one task keeps about this many cores busy.
+    task_threads: int = 2
     batch_rows: int = 256
     # Batches each pipeline queue holds: memory is about (2 * queue_batches + 2) batches per task.
     queue_batches: int = 2
@@ -36,6 +38,6 @@ class ConvertOptions:
 
     def output_options(self) -> dict[str, Any]:
         options = asdict(self)
-        for execution_only in ("num_workers", "image_threads", "batch_rows", "queue_batches", "fsync"):
+        for execution_only in ("num_workers", "task_threads", "batch_rows", "queue_batches", "fsync"):
             options.pop(execution_only)
         return options

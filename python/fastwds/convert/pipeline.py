@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
+from fastwds.energon import ShardIndex
 from fastwds.errors import InvalidSamplesError
 from fastwds.media import ImageData, payload_size
 from fastwds.reasons import check_reason
@@ -59,6 +61,8 @@ class TaskResult:
     # Member extensions written in this task's samples ("json", "jpg", "0.png", ...): the
     # columns a reader like HF datasets will see.
     members: list[str] = field(default_factory=list)
+    # With energon_index: each shard's Energon index (ShardIndex.to_json), for .nv-meta.
+    energon: list[dict] = field(default_factory=list)
 
 
 class BatchConverter(Protocol):
@@ -68,6 +72,17 @@ class BatchConverter(Protocol):
     result: TaskResult
 
     def prepare(self, batch: Any) -> PreparedBatch: ...
+
+
+class ParallelLoads(Protocol):
+    """A converter whose batches need heavy, independent work first (an NPZ volume inflated and
+    cast): ``load`` runs on up to ``parallel_loads`` batches at once in threads (the work must
+    release the GIL), ``prepare`` then takes the loaded batches one by one, in input order, so the
+    shards are the same bytes as with one thread."""
+
+    parallel_loads: int
+
+    def load(self, batch: Any) -> Any: ...
 
 
 class RejectLog:
@@ -94,7 +109,7 @@ async def _run_pipeline(batches: Iterator[Any] | AsyncIterator[Any], converter: 
     done = object()
 
     async def read() -> None:
-        if isinstance(batches, AsyncIterator):  # e.g. media files read with aiofiles
+        if isinstance(batches, AsyncIterator):  # e.g. SFT media, read on their own threads
             async for batch in batches:
                 await read_queue.put(batch)
         else:  # blocking readers (polars, numpy) run in a thread
@@ -107,6 +122,25 @@ async def _run_pipeline(batches: Iterator[Any] | AsyncIterator[Any], converter: 
             await write_queue.put(await asyncio.to_thread(converter.prepare, batch))
         await write_queue.put(done)
 
+    async def load_then_validate() -> None:
+        """As validate, with ``converter.load`` running ahead on several batches at once."""
+        loading: deque[asyncio.Task] = deque()
+        reading = True
+        try:
+            while reading or loading:
+                while reading and len(loading) < converter.parallel_loads:
+                    if (batch := await read_queue.get()) is done:
+                        reading = False
+                    else:
+                        loading.append(asyncio.ensure_future(asyncio.to_thread(converter.load, batch)))
+                if loading:
+                    loaded = await loading.popleft()
+                    await write_queue.put(await asyncio.to_thread(converter.prepare, loaded))
+        finally:  # on failure: the loads still running are dropped, not awaited
+            for task in loading:
+                task.cancel()
+        await write_queue.put(done)
+
     async def write() -> None:
         while (prepared := await write_queue.get()) is not done:
             if prepared.ids:
@@ -116,7 +150,8 @@ async def _run_pipeline(batches: Iterator[Any] | AsyncIterator[Any], converter: 
             progress(prepared.rows, len(prepared.ids), prepared.payload_bytes)
 
     async with asyncio.TaskGroup() as group:
-        for stage in (read, validate, write):
+        parallel = getattr(converter, "parallel_loads", 1) > 1
+        for stage in (read, load_then_validate if parallel else validate, write):
             group.create_task(stage())
     converter.result.members = sorted(members)
 
@@ -142,6 +177,8 @@ def run_task(task: Task, batches: Iterator[Any] | AsyncIterator[Any], converter:
     result = converter.result
     result.shards = [{"name": r.name, "samples": r.num_samples, "bytes": r.size, "sha256": r.sha256}
                      for r in records]
+    if options.energon_index:  # the .nv-meta rows of each shard, from what the writer recorded
+        result.energon = [ShardIndex.from_record(r).to_json() for r in records]
     result.seconds = time.perf_counter() - started
     return result
 

@@ -60,9 +60,9 @@ class NpzSource(Source):
     has_images = False
     # 100 float16 CT-RATE volumes (1x240x480x480) are ~11 GB: the byte cap must not cut them first.
     defaults = {"max_samples_per_shard": 100, "max_shard_bytes": 16 * 10**9}
-    # One volume per batch and queues one deep: memory stays at a few volumes per worker (see
-    # sources/npz/convert.py). The image thread pool has nothing to do here.
-    execution = {"batch_rows": 1, "queue_batches": 1, "image_threads": 1}
+    # One volume per batch and queues one deep, two volumes converted at once: memory stays at a
+    # few volumes per worker (see sources/npz/convert.py) and one task keeps two cores busy.
+    execution = {"batch_rows": 1, "queue_batches": 1, "task_threads": 2}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("data_folder", nargs="?", metavar="DATA_FOLDER", help="folder (or s3:// prefix) of .npz volumes")

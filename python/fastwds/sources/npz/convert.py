@@ -15,12 +15,16 @@ Each volume becomes one sample, keyed by its file name without ``.npz``:
   ``manifest.json`` under stats.labels), NaN for an empty cell: ready for a BCE loss and for
   batching, while the JSON keeps the names. Left out when the volume has no labels row.
 
+Parallelism inside a task: ``VolumeConverter.load`` (inflate, cast, check, encode: zlib and numpy
+release the GIL) runs on ``task_threads`` volumes at once, ``prepare`` takes them in input order,
+so a job of one shard task keeps two cores busy and writes the same bytes as one thread.
+
 Memory per worker process (see ``fastwds.volume``): the pipeline runs with one volume per batch
 and queues one deep, and the read stage only names the next volume (the converter reads it). So a
-worker holds at most: the volume being converted (float16 array + its encoded bytes, 2x the
-float16 size; the float32 data passes in 4 MB chunks), one encoded volume waiting in the write
-queue and one being written: about 4x the float16 size, ~440 MB for a (1, 240, 480, 480) volume,
-whatever the dataset size.
+worker holds at most: the ``task_threads`` volumes being converted (float16 array + its encoded
+bytes, 2x the float16 size each; the float32 data passes in 4 MB chunks), one encoded volume
+waiting in the write queue and one being written: about 6x the float16 size with two threads,
+~660 MB for a (1, 240, 480, 480) volume, whatever the dataset size.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ LABELS_MEMBER = "labels.npy"
 class VolumeJob:
     """One volume to convert, with its CSV rows (the converter reads the volume itself)."""
 
+    offset: int  # its row number in the task
     file: str  # relative to the data folder
     path: str
     sample_id: str
@@ -80,12 +85,23 @@ def read_task(root: str, task: Task, options: ConvertOptions) -> Iterator[Volume
     npz: NpzOptions = options.source_options
     keys = [volume_key(piece.file) for piece in task.slices]
     tables = {section: load_rows(path, npz.key_column, keys) for section, path in npz.tables()}
-    for piece, key in zip(task.slices, keys):
+    for offset, (piece, key) in enumerate(zip(task.slices, keys)):
         path = storage.join(root, piece.file)
         # Copies: two volume files with the same name (rejected later) share the CSV rows.
         rows = {section: dict(table[key]) if key in table else None for section, table in tables.items()}
         names = [row.pop(npz.key_column) for row in rows.values() if row is not None]
-        yield VolumeJob(piece.file, path, key, storage.stat_file(path).size, names[0] if names else None, rows)
+        yield VolumeJob(offset, piece.file, path, key, storage.stat_file(path).size, names[0] if names else None, rows)
+
+
+@dataclass
+class LoadedVolume:
+    """A volume after the heavy work: its encoded member and statistics, or why it has none."""
+
+    job: VolumeJob
+    known: tuple[str, str] | None = None  # a reject found at plan time (e.g. no CSV row)
+    skip: tuple[str, str] | None = None  # (reason, detail) found reading it
+    stats: VolumeStats | None = None
+    data: bytes | None = None
 
 
 class VolumeConverter(RejectLog):
@@ -97,36 +113,54 @@ class VolumeConverter(RejectLog):
         self.known = {offset: (reason, detail) for offset, reason, detail in task.rejected}
         self.volumes: list[dict[str, Any]] = []
         self.result.stats = {"volumes": self.volumes}
+        self.parallel_loads = options.task_threads
 
-    def prepare(self, job: VolumeJob) -> PreparedBatch:
-        offset = self.result.rows
+    def load(self, job: VolumeJob) -> LoadedVolume:
+        """The heavy, independent part (any thread, any order): inflate, cast, check, encode."""
+        known = self.known.get(job.offset)
+        # --on-invalid keep can write a volume without CSV rows; never a second sample of one key.
+        keep = self.options.on_invalid == "keep" and known is not None and known[0] == "missing_csv_row"
+        loaded = LoadedVolume(job, known)
+        if known is not None and not keep:
+            return loaded
+        try:
+            flat, loaded.stats = npz_to_float16(job.path, self.npz.array, clip=self.npz.on_overflow == "clip")
+        except VolumeReadError as error:
+            loaded.skip = (error.reason, error.detail)
+            return loaded
+        stats = loaded.stats
+        if stats.problems and self.npz.on_overflow != "clip":
+            return loaded  # prepare decides: skip or fail
+        zstd_level = self.npz.zstd_level if self.npz.compress == "zstd" else None
+        loaded.data = npy_member(flat, stats.shape, stats.fortran_order, zstd_level)
+        return loaded
+
+    def prepare(self, job: VolumeJob | LoadedVolume) -> PreparedBatch:
+        """In input order: the volume's record, reject or sample."""
+        loaded = job if isinstance(job, LoadedVolume) else self.load(job)
+        job = loaded.job
         self.result.rows += 1
         prepared = PreparedBatch(rows=1)
         record: dict[str, Any] = {"id": job.sample_id, "file": job.file, "input_bytes": job.input_bytes,
                                   "status": "skipped", "reason": None}
         self.volumes.append(record)
-        known = self.known.get(offset)
-        # --on-invalid keep can write a volume without CSV rows; never a second sample of one key.
-        keep = self.options.on_invalid == "keep" and known is not None and known[0] == "missing_csv_row"
-        if known is not None and not keep:
+        known = loaded.known
+        if known is not None and loaded.stats is None and loaded.skip is None:
             self.skip(job, record, *known)
             return prepared
-        try:
-            flat, stats = npz_to_float16(job.path, self.npz.array, clip=self.npz.on_overflow == "clip")
-        except VolumeReadError as error:
-            self.skip(job, record, error.reason, error.detail)
+        if loaded.skip is not None:
+            self.skip(job, record, *loaded.skip)
             return prepared
+        stats = loaded.stats
         record["volume"] = stats.to_json()
-        if stats.problems and self.npz.on_overflow != "clip":
+        if loaded.data is None:  # float16 problems, not clipped
             detail = stats.problem_text()
             if self.npz.on_overflow == "fail":
                 raise InvalidSamplesError(f"{job.path}: {detail}; use --on-overflow clip or skip")
             self.skip(job, record, "non_finite" if stats.problems > stats.overflow else "float16_overflow", detail)
             return prepared
         volume_ext = "npy.zst" if self.npz.compress == "zstd" else "npy"
-        zstd_level = self.npz.zstd_level if self.npz.compress == "zstd" else None
-        data = npy_member(flat, stats.shape, stats.fortran_order, zstd_level)
-        del flat  # the bytes are the only copy from here on
+        data, loaded.data = loaded.data, None  # the bytes are the only copy from here on
         document = self.document(job, stats, volume_ext)
         if known is not None:  # --on-invalid keep
             self.reject(job.file, 0, job.sample_id, *known, kept=True)

@@ -1,9 +1,16 @@
-"""Reading an SFT task: its rows from their byte ranges, and their media files with aiofiles, many
-reads in flight, so a slow network file system does not serialise the pipeline."""
+"""Reading an SFT task: its rows from their byte ranges, and their media files on a pool of reader
+threads, many reads in flight, so a slow network file system does not serialise the pipeline.
+
+The reads go to the pool a group of rows at a time, one pool job per group: handing each file to
+a thread (what aiofiles does) costs more than reading it from a fast disk (measured on 6,000 90 kB
+files: 0.1 s read in one thread, 0.5-0.6 s through a pool, 1.2 s through aiofiles' futures).
+Groups run in parallel, so several reads are in flight for a slow network file system; objects
+in a bucket are fetched many at once within a group too."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import stat
 from collections import deque
@@ -11,9 +18,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-
-import aiofiles
-import aiofiles.os
 
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
@@ -24,12 +28,28 @@ from fastwds.sources.base import RowBatch
 from fastwds.sources.sft.plan import parent, resolve_media
 from fastwds.sources.sft.rows import SftOptions, SftRow, derived_id, given_id, is_json_array, parse_row, read_slice
 
-# Media files read at once per task: enough to hide network-filesystem latency.
-MEDIA_READS_IN_FLIGHT = 32
-# Rows whose media are read ahead of the batch being filled, and the media bytes that end a batch
-# (execution only: batch boundaries do not change the shards).
-READ_AHEAD_ROWS = 64
+# Objects of a bucket fetched at once per group: enough to hide the latency of each request.
+OBJECT_READS_IN_FLIGHT = 32
+# Rows whose media one pool job reads, and the groups read at once ahead of the batch being filled
+# (local files: that many reads in flight); the media bytes that end a batch (execution only:
+# batch boundaries do not change the shards).
+GROUP_ROWS = 16
+GROUPS_AHEAD = 8
 BATCH_BYTES = 64 * 2**20
+
+
+@functools.lru_cache(maxsize=4096)
+def real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def real_path(path: str) -> str:
+    """``os.path.realpath``, with the folders' part cached: media files share few folders, and
+    resolving every component of every path costs a system call each."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", "..") or os.path.islink(path):
+        return os.path.realpath(path)
+    return os.path.join(real_folder(folder or "."), name)
 
 
 def read_media_file(path: str, root: str | None, max_bytes: int) -> bytes | Problem:
@@ -41,7 +61,7 @@ def read_media_file(path: str, root: str | None, max_bytes: int) -> bytes | Prob
     if root is not None:
         if storage.is_url(root):
             return Problem("media_outside_root", f"{path}: a local file, outside the media root {root}")
-        real = os.path.realpath(path)
+        real = real_path(path)
         if os.path.commonpath([real, root]) != root:
             return Problem("media_outside_root", f"{path}: resolves to {real}, outside the media root {root} "
                                                  "(--media-root DIR, or --allow-media-outside-root)")
@@ -63,7 +83,11 @@ def read_media_file(path: str, root: str | None, max_bytes: int) -> bytes | Prob
             return Problem("media_too_large", f"{path}: {info.st_size:,} bytes, more than the limit of "
                                               f"{max_bytes:,} (--max-media-size)")
         try:
-            data = file.read(max_bytes + 1)
+            # Its size and one byte more (to see it grow): a read of max_bytes would allocate that
+            # much for every file.
+            data = file.read(info.st_size + 1)
+            if len(data) > info.st_size:
+                data += file.read(max_bytes + 1 - len(data))
         except OSError as error:
             return Problem("media_unreadable", f"{path}: {error.strerror or error}")
     if len(data) > max_bytes:  # it grew while being read
@@ -89,36 +113,43 @@ def read_media_object(url: str, root: str | None, max_bytes: int) -> bytes | Pro
 
 
 class MediaReader:
-    """Reads media files with many reads in flight: each read (``read_media_file``) runs in an
-    executor through aiofiles, on a pool of its own sized to the reads in flight, so the default
-    pool does not cap them."""
+    """Reads the media of groups of rows: ``GROUPS_AHEAD`` groups at once on a pool of its own
+    (local files in order within a group), objects in a bucket many at once."""
 
-    def __init__(self, root: str | None, max_bytes: int, in_flight: int = MEDIA_READS_IN_FLIGHT) -> None:
-        self.executor = ThreadPoolExecutor(in_flight, thread_name_prefix="fastwds-media")
-        self.limit = asyncio.Semaphore(in_flight)
+    def __init__(self, root: str | None, max_bytes: int) -> None:
+        self.groups = ThreadPoolExecutor(GROUPS_AHEAD, thread_name_prefix="fastwds-media")
+        self.objects: ThreadPoolExecutor | None = None
         self.root = root if root is None or storage.is_url(root) else os.path.realpath(root)
         self.max_bytes = max_bytes
 
-    async def read(self, path: str) -> bytes | Problem:
-        async with self.limit:
-            return await _read_media_file(path, self.root, self.max_bytes, executor=self.executor)
+    def read_one(self, path: str) -> bytes | Problem:
+        return read_media_file(path, self.root, self.max_bytes)
 
-    async def read_row(self, row: RowToRead) -> tuple[RowToRead, list[bytes | Problem]]:
-        return row, list(await asyncio.gather(*(self.read(path) for path in row.paths)))
+    def read_rows(self, rows: list[RowToRead]) -> list[tuple[RowToRead, list[bytes | Problem]]]:
+        """Each row with its media, in order (blocking: run it off the event loop)."""
+        paths = [path for row in rows for path in row.paths]
+        if any(storage.is_url(path) for path in paths):  # latency-bound: many requests at once
+            if self.objects is None:
+                self.objects = ThreadPoolExecutor(OBJECT_READS_IN_FLIGHT, thread_name_prefix="fastwds-objects")
+            media = iter(self.objects.map(self.read_one, paths))
+        else:
+            media = iter([self.read_one(path) for path in paths])
+        return [(row, [next(media) for _ in row.paths]) for row in rows]
+
+    async def read_group(self, rows: list[RowToRead]) -> list[tuple[RowToRead, list[bytes | Problem]]]:
+        return await asyncio.get_running_loop().run_in_executor(self.groups, self.read_rows, rows)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-# aiofiles runs the read in the executor; the module-level name is looked up at each call.
-_read_media_file = aiofiles.os.wrap(lambda path, root, max_bytes: read_media_file(path, root, max_bytes))
+        for pool in (self.groups, self.objects):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIterator[RowBatch]:
-    """The task's rows in batches, media read ahead: up to ``READ_AHEAD_ROWS`` rows have their
-    files being read (``MEDIA_READS_IN_FLIGHT`` at once) while the batch is filled in order. A
-    batch ends at ``options.batch_rows`` rows or ``BATCH_BYTES`` of media, so batches of videos
-    stay small in memory."""
+    """The task's rows in batches, media read ahead: up to ``GROUPS_AHEAD`` groups of
+    ``GROUP_ROWS`` rows have their files being read (one read per group at once) while the
+    batch is filled in order. A batch ends at ``options.batch_rows`` rows or ``BATCH_BYTES`` of
+    media, so batches of videos stay small in memory."""
     sft: SftOptions = options.source_options
     rejected = {offset for offset, _, _ in task.rejected}
     media_root = None if sft.media_outside_root else (sft.media_root or root)
@@ -131,14 +162,15 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
             array_file = await asyncio.to_thread(is_json_array, path)
             values = await asyncio.to_thread(read_slice, path, piece, array_file)
             batch = BatchBuilder(piece.file, piece.start, options.batch_rows)
-            for index, value in enumerate(values):
-                row = describe_row(piece.file, piece.start + index, value, task_row + index in rejected, sft,
-                                   parent(path))
-                ahead.append(asyncio.create_task(reader.read_row(row)))
-                if len(ahead) >= READ_AHEAD_ROWS and (full := batch.add(*await ahead.popleft())):
-                    yield full
+            rows = [describe_row(piece.file, piece.start + index, value, task_row + index in rejected, sft,
+                                 parent(path)) for index, value in enumerate(values)]
+            for start in range(0, len(rows), GROUP_ROWS):
+                ahead.append(asyncio.ensure_future(reader.read_group(rows[start:start + GROUP_ROWS])))
+                if len(ahead) >= GROUPS_AHEAD:
+                    for full in batch.add_all(await ahead.popleft()):
+                        yield full
             while ahead:
-                if full := batch.add(*await ahead.popleft()):
+                for full in batch.add_all(await ahead.popleft()):
                     yield full
             if batch.ids:
                 yield batch.take()
@@ -183,6 +215,10 @@ class BatchBuilder:
         self.media.append(media)
         self.bytes += sum(len(m) for m in media if isinstance(m, bytes))
         return self.take() if len(self.ids) >= self.max_rows or self.bytes >= BATCH_BYTES else None
+
+    def add_all(self, rows: list[tuple[RowToRead, list[bytes | Problem]]]) -> list[RowBatch]:
+        """Add rows in order; the batches they filled."""
+        return [full for row, media in rows if (full := self.add(row, media)) is not None]
 
     def take(self) -> RowBatch:
         batch = RowBatch(self.file, self.first_row, self.ids, self.conversations, self.media,
