@@ -396,20 +396,21 @@ def test_memory_stays_at_a_few_volumes_whatever_the_dataset_size(tmp_path):
     big = rng.uniform(-1, 1, (1, 64, 256, 256)).astype(np.float32)  # 16 MiB float32, 8 MiB float16
     np.savez(one / "v.npz", big)
     small = big[:, :32]  # 4 MiB float16
-    for i in range(24):
-        np.savez((few if i < 6 else many) / f"v{i:03d}.npz", small + i)
-        if i < 6:
+    for i in range(48):
+        np.savez((few if i < 12 else many) / f"v{i:03d}.npz", small + i)
+        if i < 12:
             np.savez(many / f"v{i:03d}.npz", small + i)
     baseline = peak_rss_of_conversion(tiny, tmp_path / "o0")
     single = peak_rss_of_conversion(one, tmp_path / "o1")
     # One volume costs its float16 array and its encoded bytes (2 x 8 MiB, plus the writer's
     # few 4 MiB buffers), not the float32 array on top (np.load would add 2 x 8 MiB).
     assert single - baseline < 3.5 * big.nbytes / 2, (baseline, single)
-    # Six volumes already fill the pipeline; 24 need no more memory than allocator noise
-    # (holding the extra 18 would take 18 x 4 MiB).
-    six = peak_rss_of_conversion(few, tmp_path / "o2")
-    twenty_four = peak_rss_of_conversion(many, tmp_path / "o3")
-    assert twenty_four - six < 6 * small.nbytes / 2, (six, twenty_four)
+    # Twelve volumes already fill the pipeline (two being converted, one queued, one being
+    # written); 48 need no more memory than allocator noise (holding the extra 36 would take
+    # 36 x 4 MiB).
+    twelve = peak_rss_of_conversion(few, tmp_path / "o2")
+    forty_eight = peak_rss_of_conversion(many, tmp_path / "o3")
+    assert forty_eight - twelve < 12 * small.nbytes / 2, (twelve, forty_eight)
 
 
 def test_volumes_converted_at_once_are_written_in_order(tmp_path):

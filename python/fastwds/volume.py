@@ -163,12 +163,52 @@ def _convert_stream(member: Any, dtype: np.dtype, out: np.ndarray, stats: Volume
     stats.compared = totals.compared
 
 
+FLOAT16_NORMAL_MIN_BITS = 0x38800000  # 2**-14 as float32 bits: float16's smallest normal number
+FAST_PIECE = CHUNK_ELEMENTS // 2
+
+
+def round_to_float16(source: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = source`` for native float32 values float16 holds (|x| < 65520, no NaN), by
+    integer arithmetic: round to nearest, ties to even, at float16's 10 mantissa bits. Returns
+    the float16 values as float32 (what ``out.astype(np.float32)`` gives), for the error
+    statistics. numpy's own casts both ways cost 4.8 ms per million values here (no vector
+    instruction for them on this CPU), these integer passes about a third of that; zero and
+    float16's subnormals (|x| < 2**-14) go through numpy's cast."""
+    bits = source.view(np.uint32)
+    rounded = bits >> 13
+    rounded &= 1
+    rounded += 0xFFF
+    rounded += bits  # a carry out of the mantissa moves to the exponent, as rounding should
+    rounded &= 0xFFFFE000  # the float32 bits of the value rounded to float16's precision
+    scratch = bits & 0x7FFFFFFF
+    tiny = scratch < FLOAT16_NORMAL_MIN_BITS
+    np.bitwise_and(rounded, 0x7FFFFFFF, out=scratch)
+    scratch >>= 13
+    scratch -= 112 << 10  # exponent bias 127 -> 15; wraps for tiny values, fixed below
+    half = out.view(np.uint16)
+    half[...] = bits.view(np.uint16)[1::2]  # the high half of each float32 (little-endian)...
+    half &= 0x8000  # ...of which the sign
+    np.bitwise_or(half, scratch, out=half, casting="unsafe")  # and the low 16 bits of the rest
+    if tiny.any():
+        out[tiny] = source[tiny]
+        rounded[tiny] = out[tiny].astype(np.float32).view(np.uint32)
+    return rounded.view(np.float32)
+
+
 def _convert_chunk(source: np.ndarray, out: np.ndarray, error_dtype: np.dtype, stats: VolumeStats,
                    totals: _Accumulator, clip: bool) -> None:
+    lowest, highest = float(source.min()), float(source.max())  # NaN if there is any NaN
+    in_range = -ROUNDS_TO_INF < lowest <= highest < ROUNDS_TO_INF
+    if in_range and np.little_endian and source.dtype == np.dtype("<f4"):
+        totals.minimum = min(totals.minimum, lowest)
+        totals.maximum = max(totals.maximum, highest)
+        for start in range(0, source.size, FAST_PIECE):  # pieces: its temporaries stay ~4 MB
+            piece = slice(start, start + FAST_PIECE)
+            _add_errors(round_to_float16(source[piece], out[piece]), source[piece], totals)
+        return
     with np.errstate(over="ignore", invalid="ignore"):
         out[...] = source
-    lowest, highest = float(source.min()), float(source.max())  # NaN if there is any NaN
-    if not -ROUNDS_TO_INF < lowest <= highest < ROUNDS_TO_INF:
+    if not in_range:
         # Rare: NaN/inf in the source, or values float16 cannot hold.
         finite = np.isfinite(source)
         stats.nan += int(np.isnan(source).sum())
@@ -193,7 +233,13 @@ def _convert_chunk(source: np.ndarray, out: np.ndarray, error_dtype: np.dtype, s
         totals.minimum = min(totals.minimum, lowest)
         totals.maximum = max(totals.maximum, highest)
     with np.errstate(over="ignore", invalid="ignore"):
-        error = out.astype(error_dtype)
+        _add_errors(out.astype(error_dtype), source, totals)
+
+
+def _add_errors(error: np.ndarray, source: np.ndarray, totals: _Accumulator) -> None:
+    """``error`` (the converted values, widened; overwritten) minus ``source``: the largest
+    absolute error and the sum of squares."""
+    with np.errstate(over="ignore", invalid="ignore"):
         error -= source
         np.abs(error, out=error)
         largest = float(error.max())
