@@ -203,13 +203,21 @@ def test_a_node_that_dies_mid_task_loses_nothing(cluster, parquet_data, local_pa
 
 def test_a_killed_driver_resumes_on_the_local_engine(cluster, parquet_data, local_parquet, tmp_path):
     out = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-m", "fastwds", "convert", "parquet", str(parquet_data), str(out),
-                               *PARQUET, "--engine", "ray", "--ray-address", cluster.address],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: len(list((out / ".fastwds" / "tasks").glob("*.json"))) >= 2 if (out / ".fastwds").exists()
-             else False, "two finished tasks")
-    driver.kill()  # Ray stops the dead driver's tasks
-    driver.wait()
+    log = tmp_path / "driver.log"
+    with open(log, "w") as stderr:
+        driver = subprocess.Popen([sys.executable, "-m", "fastwds", "--log-level", "DEBUG", "convert", "parquet",
+                                   str(parquet_data), str(out), *PARQUET, "--engine", "ray", "--ray-address",
+                                   cluster.address], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_for(lambda: driver.poll() is not None or (len(list((out / ".fastwds" / "tasks").glob("*.json"))) >= 2
+                                                       if (out / ".fastwds").exists() else False),
+                 "two finished tasks")
+        assert driver.poll() is None, f"the driver ended first ({driver.returncode}):\n{log.read_text()[-3000:]}"
+    except AssertionError as error:
+        raise AssertionError(f"{error}\ndriver's log:\n{log.read_text()[-3000:]}") from None
+    finally:
+        driver.kill()  # Ray stops the dead driver's tasks
+        driver.wait()
     assert not (out / "manifest.json").exists()
     resumed = json.loads(convert("parquet", [str(parquet_data)], out, *PARQUET, "--resume", "--json").stdout)
     assert resumed["resumed"]

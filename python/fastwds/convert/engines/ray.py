@@ -51,6 +51,9 @@ log = logging.getLogger("fastwds")
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.EAGAIN,
                               errno.ESTALE, errno.EHOSTUNREACH, errno.ENETUNREACH})
 POLL_SECONDS = 0.2
+# How long a node may take to answer the probe before the job is refused (a node that starts a
+# worker process for it may need a few seconds; a hung one must not hang the job).
+PROBE_SECONDS = 60
 # A straggler: running longer than this many times the median of finished tasks (and at least
 # STRAGGLER_MIN_SECONDS), once STRAGGLER_MIN_FINISHED tasks have finished.
 STRAGGLER_MIN_FINISHED = 3
@@ -178,7 +181,7 @@ class RayEngine:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-        self.check_nodes(ray, nodes, jobs[0])
+        nodes = self.check_nodes(ray, nodes, jobs[0])
         largest = max(n["Resources"]["CPU"] for n in nodes)
         # One task keeps about two cores busy (reading, validation, the writer and its sha256 thread).
         task_cpus = self.task_cpus or min(2.0, largest)
@@ -258,8 +261,10 @@ class RayEngine:
                             "attempt (the first to finish wins)", name, now - first_seen[name], self.straggler_factor)
                 running[remote.remote(job, board)] = job
 
-    def check_nodes(self, ray: Any, nodes: list[dict], job: TaskJob) -> None:
-        """Refuse to start unless every node that could run a task can run it identically."""
+    def check_nodes(self, ray: Any, nodes: list[dict], job: TaskJob) -> list[dict]:
+        """Refuse to start unless every node that could run a task can run it identically; the
+        nodes that will run tasks. A node that left the cluster since it was listed (Ray marks
+        dead nodes a few seconds late) is simply not one of them."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         if not nodes:
@@ -271,9 +276,20 @@ class RayEngine:
         compared = ["fastwds", "core", "python"] + (["pillow", "libjpeg"] if self.check_images else [])
         problems = []
         addresses = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
+        gone: set[str] = set()
         for node_id, ref in refs.items():
             try:
-                facts = ray.get(ref)
+                facts = ray.get(ref, timeout=PROBE_SECONDS)
+            except (ray.exceptions.TaskUnschedulableError, ray.exceptions.GetTimeoutError) as error:
+                alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+                if isinstance(error, ray.exceptions.TaskUnschedulableError) or node_id not in alive:
+                    gone.add(node_id)
+                    log.info("ray: node %s (%s) left the cluster before the job started; it runs no task",
+                             node_id[:12], addresses[node_id])
+                else:
+                    problems.append(f"node {node_id[:12]} ({addresses[node_id]}): did not answer the probe within "
+                                    f"{PROBE_SECONDS} s")
+                continue
             except ray.exceptions.RayError as error:  # e.g. fastwds not installed there
                 cause = getattr(error, "cause", None) or error
                 problems.append(f"node {node_id[:12]} ({addresses[node_id]}): cannot run fastwds there: "
@@ -290,7 +306,7 @@ class RayEngine:
         output = open_output(job.output_dir)
         seen = set(output.list(PROBES_DIR))
         for node_id in refs:
-            if any(node_id[:12] in problem for problem in problems):
+            if node_id in gone or any(node_id[:12] in problem for problem in problems):
                 continue
             if not any(name.startswith(node_id[:12]) for name in seen):
                 problems.append(f"node {node_id[:12]}: writes to {job.output_dir} do not reach the driver's folder of "
@@ -299,6 +315,10 @@ class RayEngine:
         if problems:
             raise InvalidInputError("the Ray cluster cannot run this job identically on every node:\n  "
                                     + "\n  ".join(problems))
+        serving = [n for n in nodes if n["NodeID"] not in gone]
+        if not serving:
+            raise InvalidInputError("the Ray cluster has no node with CPUs left")
+        return serving
 
 
 def _send_ray_messages_to_stderr(ray: Any) -> None:
