@@ -31,6 +31,16 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def crafted_tar(path: str | Path, members: dict[str, bytes]) -> str:
+    """A plain ustar shard with exactly these members, in this order (names as given)."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
 def read_members(path: str | Path) -> list[TarMember]:
     with tarfile.open(path, "r:") as tar:
         return [

@@ -4,7 +4,6 @@ that a reader then chokes on), and every run accounts for every row: rows = writ
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import fastwds
-from conftest import jpeg_bytes, png_bytes, run_cli
+from conftest import crafted_tar, jpeg_bytes, png_bytes, run_cli
 from fastwds.tar.format import ShardFormatError
 from npz_data import make_dataset
 from parquet_data import png_with_size, turns, write_rows
@@ -151,15 +150,6 @@ def test_outside_paths_are_read_when_allowed_but_never_devices(sft_media, tmp_pa
 
 # -- verify and the reader ------------------------------------------------------------------------
 
-def crafted(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def verify_codes(path: Path) -> dict[str, int]:
     result = run_cli("verify", str(path), "--json", check=False)
     report = json.loads(result.stdout)
@@ -169,15 +159,15 @@ def verify_codes(path: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("name", ["../evil.npy", "/abs.json", "a/../../up.txt"])
 def test_verify_fails_on_member_paths_that_escape(tmp_path, name):
-    shard = crafted(tmp_path / "s.tar", {"ok.txt": b"fine", name: b"{}"})
+    shard = crafted_tar(tmp_path / "s.tar", {"ok.txt": b"fine", name: b"{}"})
     assert verify_codes(shard) == {"unsafe_member_path": 1}
 
 
 def test_verify_fails_when_a_dot_in_a_key_hides_the_json_or_image(tmp_path):
     document = json.dumps({"conversations": [{"role": "user", "content": "hi"}]}).encode()
-    hidden = crafted(tmp_path / "hidden.tar", {"img.v2.json": document, "img.v2.jpg": jpeg_bytes()})
+    hidden = crafted_tar(tmp_path / "hidden.tar", {"img.v2.json": document, "img.v2.jpg": jpeg_bytes()})
     assert verify_codes(hidden) == {"key_split_hides_member": 2}
-    positions = crafted(tmp_path / "positions.tar", {"k.json": b"{}", "k.0.jpg": jpeg_bytes(), "k.1.jpg": jpeg_bytes()})
+    positions = crafted_tar(tmp_path / "positions.tar", {"k.json": b"{}", "k.0.jpg": jpeg_bytes(), "k.1.jpg": jpeg_bytes()})
     assert "key_split_hides_member" not in verify_codes(positions)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import zstandard
-from conftest import jpeg_bytes, png_bytes
+from conftest import crafted_tar, jpeg_bytes, png_bytes
 from fastwds.decode import read_npy
 from fastwds.paths import expand_braces
 from fastwds.reader import shuffled, split_shards
@@ -216,15 +216,6 @@ def test_reads_webdataset_pax_and_tarfile_gnu_and_ustar_prefix_shards(tmp_path):
         samples = list(fastwds.WebDataset(str(tmp_path / name)))
         assert [(s["__key__"], s.get("txt"), s.get("json")) for s in samples] == \
                [(f"{long_dir}/a", "A", [1]), ("b", "B", None)], name
-
-
-def crafted_tar(path: Path, members: dict[str, bytes]) -> str:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return str(path)
 
 
 @pytest.mark.parametrize("name", ["../x.npy", "a/../../x.npy", "/etc/x.npy"])
