@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from concurrent.futures import Executor
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class ParallelLoads(Protocol):
     shards are the same bytes as with one thread."""
 
     parallel_loads: int
+    load_executor: Executor | None  # the threads loads run on (None: asyncio's default pool)
 
     def load(self, batch: Any) -> Any: ...
 
@@ -124,15 +126,17 @@ async def _run_pipeline(batches: Iterator[Any] | AsyncIterator[Any], converter: 
 
     async def load_then_validate() -> None:
         """As validate, with ``converter.load`` running ahead on several batches at once."""
-        loading: deque[asyncio.Task] = deque()
+        loading: deque[asyncio.Future] = deque()
         reading = True
+        loop = asyncio.get_running_loop()
+        executor = getattr(converter, "load_executor", None)
         try:
             while reading or loading:
                 while reading and len(loading) < converter.parallel_loads:
                     if (batch := await read_queue.get()) is done:
                         reading = False
                     else:
-                        loading.append(asyncio.ensure_future(asyncio.to_thread(converter.load, batch)))
+                        loading.append(loop.run_in_executor(executor, converter.load, batch))
                 if loading:
                     loaded = await loading.popleft()
                     await write_queue.put(await asyncio.to_thread(converter.prepare, loaded))

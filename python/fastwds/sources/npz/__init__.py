@@ -118,7 +118,7 @@ class NpzSource(Source):
         return read_task(root, task, options)
 
     def make_converter(self, task: Task, options: ConvertOptions, executor: ThreadPoolExecutor) -> VolumeConverter:
-        return VolumeConverter(task, options)
+        return VolumeConverter(task, options, executor)
 
     def finish(self, output: Output, plan: Plan, options: ConvertOptions, records: list[dict],
                staging: Path) -> Finish:

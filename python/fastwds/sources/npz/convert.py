@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -107,13 +108,16 @@ class LoadedVolume:
 class VolumeConverter(RejectLog):
     """Converts one task's volumes to float16 samples and records each volume's statistics."""
 
-    def __init__(self, task: Task, options: ConvertOptions) -> None:
+    def __init__(self, task: Task, options: ConvertOptions, executor: Executor | None = None) -> None:
         super().__init__(task, options)
         self.npz: NpzOptions = options.source_options
         self.known = {offset: (reason, detail) for offset, reason, detail in task.rejected}
         self.volumes: list[dict[str, Any]] = []
         self.result.stats = {"volumes": self.volumes}
         self.parallel_loads = options.task_threads
+        # The task's own pool (task_threads threads): loads on asyncio's default pool spread over
+        # up to cores + 4 threads, each keeping freed volume memory in its own malloc arena.
+        self.load_executor = executor
 
     def load(self, job: VolumeJob) -> LoadedVolume:
         """The heavy, independent part (any thread, any order): inflate, cast, check, encode."""
