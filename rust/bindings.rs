@@ -9,6 +9,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use crate::arrow::BinaryLayout;
 use crate::error::Error;
 use crate::key;
+use crate::inflate;
 use crate::media;
 use crate::shard::{Member, Options, ShardRecord, ShardSink};
 
@@ -325,6 +326,52 @@ fn inspect_images(py: Python<'_>, images: Vec<Option<Payload>>) -> PyResult<Vec<
     }))
 }
 
+/// One deflated zip member, inflated piece by piece (`fastwds.volume.DeflatedMember` drives it).
+#[pyclass(module = "fastwds._core", name = "Inflater")]
+pub struct PyInflater {
+    inner: inflate::MemberInflater,
+}
+
+#[pymethods]
+impl PyInflater {
+    /// For a member the zip directory says holds `size` bytes with this CRC-32.
+    #[new]
+    fn new(crc: u32, size: u64) -> Self {
+        Self { inner: inflate::MemberInflater::new(crc, size) }
+    }
+
+    /// Inflate from `data` (a buffer of compressed bytes; empty once the compressed data has ended) into the
+    /// writable buffer `out`, without the GIL. Returns (bytes of `data` consumed, bytes written).
+    /// Raises ValueError for damaged data: a bad CRC-32, a stream shorter or longer than declared.
+    fn inflate(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, out: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
+        let data = contiguous_buffer(data, "input")?;
+        // As for BinaryColumn: a writable input could change while the GIL is released, so it is copied.
+        let copy: Option<Box<[u8]>> = (!data.readonly()).then(|| buffer_bytes(&data).into());
+        let input: &[u8] = copy.as_deref().unwrap_or_else(|| buffer_bytes(&data));
+        let out = contiguous_buffer(out, "output")?;
+        if out.readonly() {
+            return Err(PyValueError::new_err("the output buffer is read-only"));
+        }
+        // SAFETY: a writable, contiguous buffer, kept alive by `out` for the call; it belongs to
+        // the caller's read (a fresh chunk), so nothing else writes to it meanwhile.
+        let target = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr() as *mut u8, out.len_bytes()) };
+        let target = SendSlice(target);
+        let inner = &mut self.inner;
+        py.detach(move || inner.inflate(input, { target }.0)).map_err(|error| PyValueError::new_err(error.to_string()))
+    }
+
+    /// Whether every declared byte was produced and the CRC-32 matched.
+    #[getter]
+    fn finished(&self) -> bool {
+        self.inner.finished()
+    }
+}
+
+/// A mutable byte slice handed to code running without the GIL (see `PyInflater::inflate`).
+struct SendSlice<'a>(&'a mut [u8]);
+// SAFETY: the slice points into a buffer the caller owns for the duration of the call.
+unsafe impl Send for SendSlice<'_> {}
+
 /// The key a sample with this id is written under.
 #[pyfunction]
 fn portable_key(sample_id: &str) -> String {
@@ -339,6 +386,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyShardSink>()?;
     m.add_class::<PyShardRecord>()?;
     m.add_class::<BinaryColumn>()?;
+    m.add_class::<PyInflater>()?;
     m.add_function(wrap_pyfunction!(portable_key, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_images, m)?)?;
     m.add("SampleError", py.get_type::<SampleError>())?;

@@ -4,6 +4,7 @@ pub mod arrow;
 pub mod error;
 mod hashed_file;
 pub mod index;
+pub mod inflate;
 pub mod key;
 pub mod media;
 pub mod pattern;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +87,49 @@ def test_damaged_files_are_read_errors(tmp_path):
         with pytest.raises(VolumeReadError) as error:
             npz_to_float16(str(tmp_path / name))
         assert error.value.reason == "unreadable_volume"
+
+
+def test_deflated_members_read_as_zipfile_reads_them(tmp_path):
+    """fastwds inflates .npz members itself (in Rust): the bytes are zipfile's, for any
+    compression level and read size, and damage zipfile would report is an unreadable volume."""
+    import zipfile
+
+    from fastwds.volume import open_member
+
+    rng = np.random.default_rng(0)
+    payload = np.concatenate([np.zeros(30_000, np.float32), rng.normal(size=50_000).astype(np.float32)]).tobytes()
+    for level in (0, 1, 6, 9):
+        path = tmp_path / f"level{level}.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
+            archive.writestr("arr_0.npy", payload)
+        for size in (1, 4099, 1 << 20):
+            with zipfile.ZipFile(path) as archive, open_member(archive, "arr_0.npy") as member:
+                assert type(member).__name__ == "DeflatedMember"
+                pieces = []
+                while piece := member.read(size):
+                    pieces.append(bytes(piece))
+            assert b"".join(pieces) == payload, (level, size)
+
+    source = np.linspace(-3, 3, 20_000, dtype=np.float32).reshape(1, 100, 200)
+    data = bytearray(Path(saved(tmp_path, source, "good.npz", compressed=True)).read_bytes())
+    with zipfile.ZipFile(tmp_path / "good.npz") as archive:
+        info = archive.getinfo("arr_0.npy")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    central = data.rfind(b"PK\x01\x02")
+    damaged = {
+        "cut": bytes(data[:central + 20]) + (info.compress_size // 2).to_bytes(4, "little") + bytes(data[central + 24:]),
+        "flipped": bytes(data[:start + 500]) + bytes([data[start + 500] ^ 0x10]) + bytes(data[start + 501:]),
+        "crc": bytes(data[:central + 16]) + (info.CRC ^ 1).to_bytes(4, "little") + bytes(data[central + 20:]),
+        "longer": bytes(data[:central + 24]) + (info.file_size - 8).to_bytes(4, "little") + bytes(data[central + 28:]),
+        "shorter": bytes(data[:central + 24]) + (info.file_size + 8).to_bytes(4, "little") + bytes(data[central + 28:]),
+    }
+    for name, content in damaged.items():
+        (tmp_path / f"{name}.npz").write_bytes(content)
+        with pytest.raises(VolumeReadError) as error:
+            npz_to_float16(str(tmp_path / f"{name}.npz"))
+        assert error.value.reason == "unreadable_volume", name
+    flat, _ = npz_to_float16(str(tmp_path / "good.npz"))
+    np.testing.assert_array_equal(flat, source.astype(np.float16).ravel())
 
 
 def test_zstd_member_decompresses_to_the_npy_bytes(tmp_path):
