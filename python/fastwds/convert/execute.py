@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from fastwds.convert.commit import Attempt
@@ -51,7 +51,9 @@ def execute_task(job: TaskJob, report: Callable[[str, int, int, int], None]) -> 
             converter = source.make_converter(job.task, job.options, executor)
             batches = source.read_task(job.input_root, job.task, job.options)
             result = run_task(job.task, batches, converter, job.options, attempt.dir, progress=progress)
-        record = asdict(result)
+        # Shallow: its lists are the result's own (dataclasses.asdict deep-copied every Energon
+        # index entry and reject, ~50 ms per 1,000 samples with the GIL held).
+        record = {field.name: getattr(result, field.name) for field in fields(result)}
         attempt.publish()
         attempt.check_current()
         write_record(output, job.task, record)
