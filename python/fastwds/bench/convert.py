@@ -77,7 +77,7 @@ KIND_FLOOR = {"sft": "read + write the JSON and media bytes",
 PAYLOAD = {"parquet": "images", "sft": "media files", "npz": ".npz files"}
 # Targets (x floor, x peer) per input kind (issue 15): printed with the results, never asserted.
 TARGETS = {"parquet": (0.9, 3.0), "sft": (0.8, 3.0), "npz": (0.9, 1.8)}
-TARGET_FULL_X_DECODE = 1.8
+TARGET_FULL_X_DECODE = 1.9  # issue 15
 
 
 # ---- the input, as every runner reads it -------------------------------------------------------
