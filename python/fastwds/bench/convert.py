@@ -21,10 +21,12 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ from fastwds.bench.harness import (
 from fastwds.bench.plot import plot_scaling, require_matplotlib
 from fastwds.convert.cli import default_workers
 from fastwds.convert.run import convert
-from fastwds.errors import InvalidInputError
+from fastwds.errors import InvalidInputError, UsageError
 from fastwds.sources import get_source
 from fastwds.sources.npz import find_volumes
 from fastwds.sources.parquet.plan import ParquetColumns, discover_subsets
@@ -66,7 +68,11 @@ MODES = {
     "default": ({}, "fastwds convert"),
     "full": ({"verify_images": "full"}, "fastwds convert --verify-images full"),
     "reencode": ({"reencode": "jpeg"}, "fastwds convert --reencode jpeg"),
+    # Shrinking is where pillow-simd's vectorised resampling pays (see --pillow-python).
+    "resize": ({"reencode": "jpeg", "max_side": 256}, "fastwds convert --reencode jpeg --max-side 256"),
 }
+# The modes whose cost is Pillow's: run again under --pillow-python.
+IMAGE_MODES = ("full", "reencode", "resize")
 PEER = "webdataset.ShardWriter fed by pyarrow"
 FLOOR = "pyarrow read + write all column buffers"
 DECODE = "Pillow full decode, 1 core"
@@ -348,7 +354,8 @@ def target_workers(workers: list[int]) -> int:
     return default_workers() if default_workers() in workers else max(workers)
 
 
-def build_suite(data: BenchInput, modes: list[str], workers: list[int], engines: list[str] = ("local",)) -> Suite:
+def build_suite(data: BenchInput, modes: list[str], workers: list[int], engines: list[str] = ("local",),
+                other_pillow: PillowBuild | None = None) -> Suite:
     common = {"kind": data.kind, "input": data.path, "limit": data.limit, "rows": data.rows,
               "payload_bytes": data.payload_bytes, "maxcount": MAXCOUNT}
     checks = {"expected_rejects": data.expected_rejects}
@@ -371,6 +378,12 @@ def build_suite(data: BenchInput, modes: list[str], workers: list[int], engines:
                     Runner(floor, f"{sources.__name__}:{data.kind}_floor", common)]
     if "full" in modes:
         runners.append(Runner(DECODE, f"{__name__}:pillow_decode", common))
+    if other_pillow is not None:
+        # The same image work under the other build, right after this one's in every round.
+        twins = [runner for runner in runners if runner.name == DECODE or
+                 runner.args.get("mode") in IMAGE_MODES and runner.args.get("engine") is None]
+        runners += [replace(runner, name=f"{runner.name} [{other_pillow.name}]", python=other_pillow.python)
+                    for runner in twins]
     return Suite(
         name="convert",
         description=data.description,
@@ -380,8 +393,44 @@ def build_suite(data: BenchInput, modes: list[str], workers: list[int], engines:
         params={**data.params, "modes": modes, "workers": workers, "maxcount": MAXCOUNT,
                 "payload_bytes": data.payload_bytes, "shard_tasks": data.tasks},
         notes=notes(data),
-        findings=lambda summaries: findings(summaries, modes, workers, data.kind, engines),
+        findings=lambda summaries: findings(summaries, modes, workers, data.kind, engines, other_pillow),
     )
+
+
+@dataclass(frozen=True)
+class PillowBuild:
+    """Another interpreter's Pillow build (``--pillow-python``): its path and how it is named."""
+
+    python: str
+    name: str  # e.g. "pillow-simd 12.1.1.post0, libjpeg-turbo 2.1.5"
+
+
+# Run under the other interpreter: which distribution provides PIL there (pillow-simd installs the
+# same PIL package as Pillow), and its JPEG library. It must also have fastwds.
+PILLOW_PROBE = """
+import importlib.metadata as m, json, fastwds
+from PIL import Image, features
+installed = {d.metadata["Name"].lower() for d in m.distributions()}
+names = [d for d in ("pillow-simd", "Pillow") if d.lower() in installed]
+print(json.dumps({"dist": names[0] if names else "PIL", "version": Image.__version__,
+                  "jpeg": features.version("libjpeg_turbo") or features.version("jpg")}))
+"""
+
+
+def pillow_build(python: str | None = None) -> PillowBuild:
+    """The Pillow build of ``python`` (default: this interpreter); ``UsageError`` when that
+    interpreter cannot run the benchmark's workers (no fastwds or no PIL there)."""
+    command = [python or sys.executable, "-c", PILLOW_PROBE]
+    try:
+        completed = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    except OSError as error:
+        raise UsageError(f"--pillow-python {python}: cannot run it: {error.strerror or error}") from None
+    if completed.returncode != 0:
+        last = (completed.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise UsageError(f"--pillow-python {python}: it cannot import fastwds and PIL ({last}); install "
+                                "fastwds there first (see the README's pillow-simd section)")
+    found = json.loads(completed.stdout.strip().splitlines()[-1])
+    return PillowBuild(python or sys.executable, f"{found['dist']} {found['version']}, libjpeg-turbo {found['jpeg']}")
 
 
 def peer_and_floor(kind: str) -> tuple[str, str]:
@@ -441,7 +490,7 @@ def other_notes(data: BenchInput) -> list[str]:
 
 
 def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int],
-             kind: str = "parquet", engines: list[str] = ("local",)) -> list[str]:
+             kind: str = "parquet", engines: list[str] = ("local",), other_pillow: PillowBuild | None = None) -> list[str]:
     """The scaling line and the targets, from the medians (printed, never asserted)."""
     lines = []
 
@@ -489,7 +538,22 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
             lines.append(f"full verify: {name} at {full['mb_per_s']:,.1f} MB/s is "
                          f"{verdict(ratio, reference, TARGET_FULL_X_DECODE)}; the target is for 2 cores, "
                          f"this machine has {os.cpu_count()}")
+    if other_pillow is not None:
+        lines.append(pillow_line(summaries, modes, workers, other_pillow))
     return lines
+
+
+def pillow_line(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int],
+                other: PillowBuild) -> str:
+    """How the other Pillow build's runs compare with this interpreter's, run by run."""
+    names = [fastwds_name(mode, target_workers(workers)) for mode in modes if mode in IMAGE_MODES]
+    names += [DECODE] if "full" in modes else []
+    parts = []
+    for name in names:
+        mine, theirs = summaries.get(name), summaries.get(f"{name} [{other.name}]")
+        ratio = "FAILED" if mine is None or theirs is None else f"{theirs['mb_per_s'] / mine['mb_per_s']:.2f}x"
+        parts.append(f"{name}: {ratio}")
+    return f"{other.name} against {pillow_build().name}: " + "; ".join(parts)
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -536,8 +600,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "it is listed, else the largest (default: fastwds' default, one per two cores)")
     parser.add_argument("--modes", type=comma_list(str, tuple(MODES)), default=["default"],
                         metavar="MODE,...", help="fastwds modes: default, full (--verify-images full, "
-                        "also runs the one-core Pillow decode reference), reencode (--reencode jpeg) "
-                        "(default: default)")
+                        "also runs the one-core Pillow decode reference), reencode (--reencode jpeg), resize "
+                        "(--reencode jpeg --max-side 256) (default: default)")
+    parser.add_argument("--pillow-python", metavar="PYTHON",
+                        help="also run the image modes (full, reencode, resize) and the decode reference under "
+                        "this interpreter, e.g. a venv with pillow-simd and fastwds, and print the ratios "
+                        "of the two Pillow builds")
     parser.add_argument("--engine", type=comma_list(str, ("local", "ray")), default=["local"], dest="engines",
                         metavar="ENGINE,...", help="local (default) and/or ray: ray adds a run on a Ray instance "
                         "started on this machine with the same CPUs, for the per-task overhead as a ratio")
@@ -548,6 +616,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         require_matplotlib()  # before anything runs: a missing install costs no benchmark time
+    if args.pillow_python is not None:
+        if not any(mode in IMAGE_MODES for mode in args.modes):
+            raise UsageError("--pillow-python compares the image modes: add --modes full, reencode or resize")
+        args.other_pillow = pillow_build(args.pillow_python)  # checked before any benchmark time is spent
     if args.input is not None:
         given = [flag for flag, value in (("--rows", args.rows), ("--broken-share", args.broken_share),
                                           ("--multi-image-share", args.multi_image_share),
@@ -571,7 +643,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_on(data: BenchInput, args: argparse.Namespace) -> int:
-    suite = build_suite(data, args.modes, sorted(args.workers), args.engines)
+    suite = build_suite(data, args.modes, sorted(args.workers), args.engines, getattr(args, "other_pillow", None))
     on_report = (lambda report: draw(args.plot, report)) if args.plot else None
     return run_suite(suite, repeat=args.repeat, json_path=args.report, as_json=args.json, workdir=args.dir, on_report=on_report)
 

@@ -52,6 +52,8 @@ class Runner:
     deterministic: bool = False
     # Modules that must be importable; without them the runner is reported as skipped.
     requires: tuple[str, ...] = ()
+    # The interpreter the worker runs under (None: this one), e.g. a venv with another Pillow build.
+    python: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ def _check_repeatable(result: Result) -> None:
 
 
 def _run_in_worker(runner: Runner, out_dir: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "fastwds.bench.worker", runner.target, str(out_dir),
+    command = [runner.python or sys.executable, "-m", "fastwds.bench.worker", runner.target, str(out_dir),
                json.dumps(runner.args)]
     completed = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if completed.returncode < 0:

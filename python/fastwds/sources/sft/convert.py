@@ -12,7 +12,6 @@ from typing import Any
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
 from fastwds.errors import FastwdsError
-from fastwds.media import reencode_jpeg
 from fastwds.reasons import Problem
 from fastwds.sources.base import RowBatch
 from fastwds.sources.chat import ChatConverter, CheckedSample, check_sample, image_member_names
@@ -45,15 +44,15 @@ class SftConverter(ChatConverter):
                             other_kinds=(self.other_media,), sft_system=True)
 
     def members(self, batch: RowBatch, index: int, media: list, checks: list,
-                checked: CheckedSample) -> dict[str, bytes]:
+                checked: CheckedSample, reencoded: list | None = None) -> dict[str, bytes]:
         # Only media that passed their checks are written (an invalid row kept with
-        # --on-invalid keep may have others): ``name`` lists exactly these.
-        good = [(data, check) for data, check in zip(media, checks) if not isinstance(check, Problem)]
+        # --on-invalid keep may have others): ``name`` lists exactly these. Videos are never
+        # re-encoded (reencode_rows leaves None for them).
+        if reencoded is None:
+            reencoded = [None] * len(media)
+        good = [new if new is not None else (data, check)
+                for data, check, new in zip(media, checks, reencoded) if not isinstance(check, Problem)]
         datas, infos = [data for data, _ in good], [check for _, check in good]
-        if self.options.reencode == "jpeg" and self.media == "image":
-            encoded = list(self.images.map(
-                lambda pair: reencode_jpeg(pair[0], self.options.quality, self.options.max_side), good))
-            datas, infos = [data for data, _ in encoded], [info for _, info in encoded]
         names = image_member_names([info.extension for info in infos])
         document = {
             "media": self.media if names else "text",
