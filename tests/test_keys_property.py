@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import fastwds
+import polars as pl
 from conftest import read_members
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,29 @@ def test_keys_are_portable(sample_id):
     assert key == fastwds.portable_key(sample_id)
     if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}", sample_id) and not re.search(r"--[0-9a-f]{16}$", sample_id):
         assert key == sample_id
+
+
+@given(st.lists(st.one_of(st.text(max_size=90), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,85}(--[0-9a-f]{16})?",
+                                                             fullmatch=True)), max_size=30))
+def test_repeated_keys_are_found_as_one_python_pass_finds_them(ids):
+    """find_repeated_keys (polars, with its own test for which ids are already portable keys)
+    against the obvious dict over portable_key, ids repeated to make duplicates and collisions."""
+    from fastwds.convert.plan import find_repeated_keys
+
+    ids = ids + ids[::2]
+    expected, first = {}, {}
+    for position, sample_id in enumerate(ids):
+        if not sample_id:
+            continue
+        key = fastwds.portable_key(sample_id)
+        if key in first:
+            earlier = first[key]
+            reason = "duplicate_id" if ids[earlier] == sample_id else "key_collision"
+            expected[position] = (reason, earlier)
+        else:
+            first[key] = position
+    found = find_repeated_keys(pl.Series(ids, dtype=pl.String))
+    assert {position: (reason, earlier) for position, (reason, _, earlier) in found.items()} == expected
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
