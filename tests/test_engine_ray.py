@@ -201,6 +201,47 @@ def test_a_node_that_dies_mid_task_loses_nothing(cluster, parquet_data, local_pa
     assert_same_as_local(out, local_parquet)
 
 
+def test_a_node_listed_when_the_job_starts_but_gone_is_left_out(cluster, parquet_data, tmp_path, caplog):
+    """The race behind a hung CI run, forced: the driver lists the nodes, then one dies before the
+    probes reach it (Ray may list it as alive for a moment, or already know). The node is left
+    out with a line naming it, the others serve, and nothing waits for the probe timeout."""
+    import logging
+
+    from ray._private import ray_constants
+
+    from fastwds.convert.engines.ray import PROBE_SECONDS, RayEngine
+    from fastwds.convert.execute import TaskJob
+    from fastwds.sources import get_source
+    from fastwds.sources.parquet import ParquetColumns
+
+    node = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    source = get_source("parquet")
+    options = source.convert_options(source_options=ParquetColumns())
+    plan = source.plan(str(parquet_data), options)
+    out = tmp_path / "out"
+    out.mkdir()
+    job = TaskJob("parquet", plan.tasks[0], plan.input_root, options, str(out), "s")
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        listed = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+        assert node.node_id in {n["NodeID"] for n in listed}
+        raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+        for pid in [raylet.pid, *descendants(raylet.pid)]:
+            os.kill(pid, signal.SIGKILL)
+        raylet.wait()
+        cluster.remove_node(node, allow_graceful=False)
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="fastwds"):
+            serving = RayEngine().check_nodes(ray, listed, job)
+        took = time.monotonic() - started
+    finally:
+        ray.shutdown()
+    assert {n["NodeID"] for n in serving} == {n["NodeID"] for n in listed} - {node.node_id}
+    assert f"node {node.node_id[:12]}" in caplog.text and "left the cluster" in caplog.text
+    assert took < PROBE_SECONDS / 2, f"check_nodes took {took:.1f} s: it waited for the dead node's probe"
+
+
 def test_a_killed_driver_resumes_on_the_local_engine(cluster, parquet_data, local_parquet, tmp_path):
     out = tmp_path / "out"
     log = tmp_path / "driver.log"
