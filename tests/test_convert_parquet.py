@@ -12,7 +12,7 @@ import fastwds
 import pytest
 from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
 from fastwds.reasons import REJECT_REASONS as REASONS
-from parquet_data import rgb_image, rows, turns, write_rows
+from parquet_data import corrupt_png, rgb_image, rows, turns, write_rows
 from PIL import Image
 
 
@@ -204,6 +204,31 @@ def test_reencode_handles_cmyk_palette_alpha_and_orientation(tmp_path):
     run_cli("convert", "parquet", str(data), str(out_small), "--reencode", "jpeg", "--max-side", "16",
             "--no-progress")
     assert max(Image.open(io.BytesIO(shard_samples(out_small)["cmyk"]["jpg"])).size) == 16
+
+
+def test_an_image_that_cannot_be_reencoded_rejects_its_row_not_the_job(tmp_path):
+    """A PNG whose header is fine and whose pixel data is broken passes the header checks; with
+    --reencode it is rejected as image_decode_failed, naming the row, and the job goes on (it
+    used to fail the whole conversion). --on-invalid keep keeps the row, the image as it was."""
+    data = tmp_path / "data"
+    rows_in = [("good", jpeg_bytes(seed=1), None, turns("<image>"), None),
+               ("broken", corrupt_png(), None, turns("<image>"), None),
+               ("after", jpeg_bytes(seed=2), None, turns("<image>"), None)]
+    write_rows(data / "a.parquet", rows_in)
+    out = tmp_path / "out"
+    summary = json.loads(run_cli("convert", "parquet", str(data), str(out), "--reencode", "jpeg", "--json",
+                                 "--no-progress").stdout)
+    assert summary["invalid_by_reason"] == {"image_decode_failed": 1}
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["row"], r["reason"]) for r in rejects] == [("broken", 1, "image_decode_failed")]
+    assert "image 0: Pillow cannot decode the image" in rejects[0]["detail"]
+    assert sorted(shard_samples(out)) == ["after", "good"]
+    kept = tmp_path / "kept"
+    run_cli("convert", "parquet", str(data), str(kept), "--reencode", "jpeg", "--on-invalid", "keep", "--no-progress")
+    samples = shard_samples(kept)
+    assert sorted(samples) == ["after", "broken", "good"]
+    assert samples["broken"]["bin"] == corrupt_png()  # not re-encoded, kept as it came
+    assert json.loads(samples["broken"]["json"])["invalid"]["reason"] == "image_decode_failed"
 
 
 def test_passthrough_keeps_original_bytes(tmp_path):

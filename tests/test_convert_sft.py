@@ -284,6 +284,28 @@ def test_reencode_turns_every_image_into_jpeg_and_names_follow(images, tmp_path)
     assert json.loads(samples["png-one"]["json"])["name"] == ["jpg"]
 
 
+def test_an_image_that_cannot_be_reencoded_is_a_rejected_row(tmp_path):
+    """SFT media read from files: an image with a good header and broken pixel data is rejected
+    as image_decode_failed under --reencode; with --on-invalid keep the row stays, without that
+    image (``name`` lists only media that passed)."""
+    from parquet_data import corrupt_png
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "good.jpg").write_bytes(jpeg_bytes(seed=3))
+    (tmp_path / "img" / "broken.png").write_bytes(corrupt_png())
+    rows = [{"id": "ok", "image": "img/good.jpg", "conversations": chat("<image>\nwhat is it?")},
+            {"id": "bad", "image": "img/broken.png", "conversations": chat("<image>\nwhat is it?")}]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = tmp_path / "out"
+    summary = json.loads(run_cli("convert", "sft", str(data), str(out), "--reencode", "jpeg", "--json").stdout)
+    assert summary["invalid_by_reason"] == {"image_decode_failed": 1} and sorted(samples_by_id(out)) == ["ok"]
+    kept = tmp_path / "kept"
+    run_cli("convert", "sft", str(data), str(kept), "--reencode", "jpeg", "--on-invalid", "keep", "--no-progress")
+    bad = samples_by_id(kept)["bad"]
+    assert json.loads(bad["json"])["name"] == [] and {name for name in bad if not name.startswith("__")} == {"json"}
+
+
 @pytest.mark.parametrize("container, codec, expected", [("mp4", "mpeg4", "mp4"), ("mov", "mpeg4", "mov"),
                                                         ("webm", "libvpx", "webm"), ("matroska", "mpeg4", "mkv"),
                                                         ("avi", "mpeg4", "avi")])

@@ -47,7 +47,7 @@ class SftConverter(ChatConverter):
                 checked: CheckedSample, reencoded: list | None = None) -> dict[str, bytes]:
         # Only media that passed their checks are written (an invalid row kept with
         # --on-invalid keep may have others): ``name`` lists exactly these. Videos are never
-        # re-encoded (reencode_rows leaves None for them).
+        # re-encoded (``load`` leaves None for them).
         if reencoded is None:
             reencoded = [None] * len(media)
         good = [new if new is not None else (data, check)
