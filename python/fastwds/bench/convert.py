@@ -379,7 +379,7 @@ def build_suite(data: BenchInput, modes: list[str], workers: list[int], engines:
     if "full" in modes:
         runners.append(Runner(DECODE, f"{__name__}:pillow_decode", common))
     if other_pillow is not None:
-        # The same image work under the other build, right after this one's in every round.
+        # The same image work under the other build, in the same interleaved rounds.
         twins = [runner for runner in runners if runner.name == DECODE or
                  runner.args.get("mode") in IMAGE_MODES and runner.args.get("engine") is None]
         runners += [replace(runner, name=f"{runner.name} [{other_pillow.name}]", python=other_pillow.python)
@@ -412,8 +412,9 @@ import importlib.metadata as m, json, fastwds
 from PIL import Image, features
 installed = {d.metadata["Name"].lower() for d in m.distributions()}
 names = [d for d in ("pillow-simd", "Pillow") if d.lower() in installed]
+turbo = features.version("libjpeg_turbo")
 print(json.dumps({"dist": names[0] if names else "PIL", "version": Image.__version__,
-                  "jpeg": features.version("libjpeg_turbo") or features.version("jpg")}))
+                  "jpeg": f"libjpeg-turbo {turbo}" if turbo else f"libjpeg {features.version('jpg')}"}))
 """
 
 
@@ -428,9 +429,9 @@ def pillow_build(python: str | None = None) -> PillowBuild:
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no error output"])[-1]
         raise UsageError(f"--pillow-python {python}: it cannot import fastwds and PIL ({last}); install "
-                                "fastwds there first (see the README's pillow-simd section)")
+                         "fastwds there first (see the README's pillow-simd section)")
     found = json.loads(completed.stdout.strip().splitlines()[-1])
-    return PillowBuild(python or sys.executable, f"{found['dist']} {found['version']}, libjpeg-turbo {found['jpeg']}")
+    return PillowBuild(python or sys.executable, f"{found['dist']} {found['version']}, {found['jpeg']}")
 
 
 def peer_and_floor(kind: str) -> tuple[str, str]:
