@@ -9,6 +9,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use crate::arrow::BinaryLayout;
 use crate::error::Error;
 use crate::key;
+use crate::files;
 use crate::inflate;
 use crate::media;
 use crate::shard::{Member, Options, ShardRecord, ShardSink};
@@ -372,6 +373,24 @@ struct SendSlice<'a>(&'a mut [u8]);
 // SAFETY: the slice points into a buffer the caller owns for the duration of the call.
 unsafe impl Send for SendSlice<'_> {}
 
+/// Read these regular files, at most `max_bytes` each, without the GIL (`fastwds.sources.sft.media`
+/// turns the outcomes into its problems). Per path: `("ok", bytes)`, `("missing", None)`,
+/// `("unreadable", errno)`, `("not_regular", kind)` or `("too_large", size or None if it grew)`.
+#[pyfunction]
+fn read_files(py: Python<'_>, paths: Vec<std::path::PathBuf>, max_bytes: u64) -> Vec<(&'static str, Py<PyAny>)> {
+    let outcomes: Vec<files::FileRead> = py.detach(|| paths.iter().map(|path| files::read_regular_file(path, max_bytes)).collect());
+    outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            files::FileRead::Data(data) => ("ok", pyo3::types::PyBytes::new(py, &data).into_any().unbind()),
+            files::FileRead::Missing => ("missing", py.None()),
+            files::FileRead::Unreadable(errno) => ("unreadable", errno.into_pyobject(py).unwrap().into_any().unbind()),
+            files::FileRead::NotRegular(kind) => ("not_regular", kind.into_pyobject(py).unwrap().into_any().unbind()),
+            files::FileRead::TooLarge(size) => ("too_large", size.into_pyobject(py).unwrap().into_any().unbind()),
+        })
+        .collect()
+}
+
 /// The key a sample with this id is written under.
 #[pyfunction]
 fn portable_key(sample_id: &str) -> String {
@@ -389,6 +408,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyInflater>()?;
     m.add_function(wrap_pyfunction!(portable_key, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_images, m)?)?;
+    m.add_function(wrap_pyfunction!(read_files, m)?)?;
     m.add("SampleError", py.get_type::<SampleError>())?;
     m.add("DuplicateKeyError", py.get_type::<DuplicateKeyError>())?;
     m.add("ShardPatternError", py.get_type::<ShardPatternError>())?;

@@ -2,6 +2,7 @@
 //! `bindings` is the thin PyO3 layer exposed to Python as `fastwds._core`.
 pub mod arrow;
 pub mod error;
+pub mod files;
 mod hashed_file;
 pub mod index;
 pub mod inflate;

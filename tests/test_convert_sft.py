@@ -242,17 +242,17 @@ def test_media_reads_are_concurrent(tmp_path, monkeypatch):
         (tmp_path / f"p{i}.jpg").write_bytes(jpeg_bytes(seed=11))
     together = threading.Barrier(8, timeout=30)
     concurrent = []
-    real_read = media.read_media_file
+    real_read = media.read_media_files
 
-    def slow_read(path, root, max_bytes):
+    def slow_read(paths, root, max_bytes):  # one call per group of rows
         concurrent.append(together.wait())  # BrokenBarrierError after 30 s if fewer than 8 at once
-        return real_read(path, root, max_bytes)
+        return real_read(paths, root, max_bytes)
 
-    monkeypatch.setattr(media, "read_media_file", slow_read)
+    monkeypatch.setattr(media, "read_media_files", slow_read)
     options = ConvertOptions(source_options=SftOptions(energon=False), fsync=False)
     manifest = convert(plan_sft([str(data)], options.source_options, 1000, 10**9), tmp_path / "out", options,
                        command="test", show_progress=False)
-    assert len(concurrent) == count and manifest["totals"]["samples"] == count
+    assert len(concurrent) == 8 and manifest["totals"]["samples"] == count
 
 
 def test_tasks_are_sized_by_media_bytes_so_large_media_do_not_spill(tmp_path):

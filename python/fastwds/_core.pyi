@@ -1,5 +1,6 @@
 """Type stub for the Rust extension ``fastwds._core`` (kept by hand; checked by mypy.stubtest)."""
 
+import os
 from collections.abc import Sequence
 from typing import final
 
@@ -14,6 +15,7 @@ __all__ = [
     "Inflater",
     "portable_key",
     "inspect_images",
+    "read_files",
     "SampleError",
     "DuplicateKeyError",
     "ShardPatternError",
@@ -35,6 +37,7 @@ _Payload = bytes | tuple[BinaryColumn, int]
 
 def portable_key(sample_id: str) -> str: ...
 def inspect_images(images: Sequence[_Payload | None]) -> list[tuple[str, str, int, int]]: ...
+def read_files(paths: Sequence[str | os.PathLike[str]], max_bytes: int) -> list[tuple[str, bytes | int | str | None]]: ...
 
 @final
 class BinaryColumn:

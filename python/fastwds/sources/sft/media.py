@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import stat
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from typing import Any
 
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
-from fastwds import storage
+from fastwds import _core, storage
 from fastwds.errors import FastwdsError
 from fastwds.reasons import Problem
 from fastwds.sources.base import RowBatch
@@ -52,47 +51,44 @@ def real_path(path: str) -> str:
     return os.path.join(real_folder(folder or "."), name)
 
 
-def read_media_file(path: str, root: str | None, max_bytes: int) -> bytes | Problem:
-    """A media file's bytes, or why it is not read: outside ``root`` (after following symlinks;
-    ``root`` None allows any path), not a regular file (FIFOs would block forever, devices like
-    /dev/zero never end), or larger than ``max_bytes``."""
-    if storage.is_url(path):
-        return read_media_object(path, root, max_bytes)
-    if root is not None:
-        if storage.is_url(root):
-            return Problem("media_outside_root", f"{path}: a local file, outside the media root {root}")
-        real = real_path(path)
-        if os.path.commonpath([real, root]) != root:
-            return Problem("media_outside_root", f"{path}: resolves to {real}, outside the media root {root} "
-                                                 "(--media-root DIR, or --allow-media-outside-root)")
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
+def read_media_files(paths: list[str], root: str | None, max_bytes: int) -> list[bytes | Problem]:
+    """Local media files' bytes, or why each is not read: outside ``root`` (after following
+    symlinks; ``root`` None allows any path), not a regular file (FIFOs would block forever,
+    devices like /dev/zero never end), or larger than ``max_bytes``. The files are read by
+    ``_core.read_files`` with the GIL released once for all of them: in Python, each file's four
+    system calls were as many GIL hand-offs (~10% of an SFT conversion on tmpfs)."""
+    outside = [outside_root(path, root) for path in paths]
+    outcomes = iter(_core.read_files([path for path, problem in zip(paths, outside) if problem is None], max_bytes))
+    return [problem if problem is not None else media_outcome(path, *next(outcomes), max_bytes)
+            for path, problem in zip(paths, outside)]
+
+
+def outside_root(path: str, root: str | None) -> Problem | None:
+    if root is None:
+        return None
+    if storage.is_url(root):
+        return Problem("media_outside_root", f"{path}: a local file, outside the media root {root}")
+    real = real_path(path)
+    if os.path.commonpath([real, root]) != root:
+        return Problem("media_outside_root", f"{path}: resolves to {real}, outside the media root {root} "
+                                             "(--media-root DIR, or --allow-media-outside-root)")
+    return None
+
+
+def media_outcome(path: str, outcome: str, value: Any, max_bytes: int) -> bytes | Problem:
+    """One ``_core.read_files`` result as the file's bytes or its problem."""
+    if outcome == "ok":
+        return value
+    if outcome == "missing":
         return Problem("media_missing", f"{path}: no such file")
-    except OSError as error:
-        return Problem("media_unreadable", f"{path}: {error.strerror or error}")
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
-                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket")
-        return Problem("media_unreadable", f"{path}: not a regular file ({kind})")
-    with os.fdopen(fd, "rb", buffering=0) as file:
-        if info.st_size > max_bytes:
-            return Problem("media_too_large", f"{path}: {info.st_size:,} bytes, more than the limit of "
-                                              f"{max_bytes:,} (--max-media-size)")
-        try:
-            # Its size and one byte more (to see it grow): a read of max_bytes would allocate that
-            # much for every file.
-            data = file.read(info.st_size + 1)
-            if len(data) > info.st_size:
-                data += file.read(max_bytes + 1 - len(data))
-        except OSError as error:
-            return Problem("media_unreadable", f"{path}: {error.strerror or error}")
-    if len(data) > max_bytes:  # it grew while being read
+    if outcome == "unreadable":
+        return Problem("media_unreadable", f"{path}: {os.strerror(value)}")
+    if outcome == "not_regular":
+        return Problem("media_unreadable", f"{path}: not a regular file ({value})")
+    if value is None:  # it grew while being read
         return Problem("media_too_large", f"{path}: more than the limit of {max_bytes:,} bytes (--max-media-size)")
-    return data
+    return Problem("media_too_large", f"{path}: {value:,} bytes, more than the limit of {max_bytes:,} "
+                                      "(--max-media-size)")
 
 
 def read_media_object(url: str, root: str | None, max_bytes: int) -> bytes | Problem:
@@ -122,18 +118,20 @@ class MediaReader:
         self.root = root if root is None or storage.is_url(root) else os.path.realpath(root)
         self.max_bytes = max_bytes
 
-    def read_one(self, path: str) -> bytes | Problem:
-        return read_media_file(path, self.root, self.max_bytes)
+    def read_object(self, url: str) -> bytes | Problem:
+        return read_media_object(url, self.root, self.max_bytes)
 
     def read_rows(self, rows: list[RowToRead]) -> list[tuple[RowToRead, list[bytes | Problem]]]:
         """Each row with its media, in order (blocking: run it off the event loop)."""
         paths = [path for row in rows for path in row.paths]
-        if any(storage.is_url(path) for path in paths):  # latency-bound: many requests at once
+        urls = [path for path in paths if storage.is_url(path)]
+        local = iter(read_media_files([path for path in paths if not storage.is_url(path)], self.root, self.max_bytes))
+        objects: Any = iter(())
+        if urls:  # latency-bound: many requests at once
             if self.objects is None:
                 self.objects = ThreadPoolExecutor(OBJECT_READS_IN_FLIGHT, thread_name_prefix="fastwds-objects")
-            media = iter(self.objects.map(self.read_one, paths))
-        else:
-            media = iter([self.read_one(path) for path in paths])
+            objects = iter(self.objects.map(self.read_object, urls))
+        media = iter([next(objects) if storage.is_url(path) else next(local) for path in paths])
         return [(row, [next(media) for _ in row.paths]) for row in rows]
 
     async def read_group(self, rows: list[RowToRead]) -> list[tuple[RowToRead, list[bytes | Problem]]]:
