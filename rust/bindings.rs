@@ -376,20 +376,72 @@ unsafe impl Send for SendSlice<'_> {}
 /// Read these regular files, at most `max_bytes` each, without the GIL (`fastwds.sources.sft.media`
 /// turns the outcomes into its problems). Per path: `("ok", bytes)`, `("missing", None)`,
 /// `("unreadable", errno)`, `("not_regular", kind)` or `("too_large", size or None if it grew)`.
+/// Each file is read straight into the `bytes` object returned (one buffer per file, whatever
+/// its size: a 2 GB video costs 2 GB, not 4).
 #[pyfunction]
-fn read_files(py: Python<'_>, paths: Vec<std::path::PathBuf>, max_bytes: u64) -> Vec<(&'static str, Py<PyAny>)> {
-    let outcomes: Vec<files::FileRead> = py.detach(|| paths.iter().map(|path| files::read_regular_file(path, max_bytes)).collect());
-    outcomes
-        .into_iter()
-        .map(|outcome| match outcome {
+fn read_files(py: Python<'_>, paths: Vec<std::path::PathBuf>, max_bytes: u64) -> PyResult<Vec<(&'static str, Py<PyAny>)>> {
+    let mut opened: Vec<Result<(std::fs::File, u64), files::FileRead>> =
+        py.detach(|| paths.iter().map(|path| files::open_regular(path, max_bytes)).collect());
+    // A bytes object of each file's size, left uninitialised: it is filled before anyone sees it.
+    let mut buffers = Vec::with_capacity(opened.len());
+    for entry in &opened {
+        buffers.push(match entry {
+            Ok((_, size)) => {
+                let size = isize::try_from(*size).map_err(|_| PyValueError::new_err("file too large for this platform"))?;
+                // SAFETY: a new bytes object of `size` bytes; its contents are written below.
+                Some(unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size))? })
+            }
+            Err(_) => None,
+        });
+    }
+    let targets: Vec<Option<RawTarget>> = buffers
+        .iter()
+        .zip(&opened)
+        .map(|(buffer, entry)| match (buffer, entry) {
+            // SAFETY: PyBytes_AsString of a bytes object: its buffer of exactly `size` bytes.
+            (Some(buffer), Ok((_, size))) => Some(RawTarget(unsafe { pyo3::ffi::PyBytes_AsString(buffer.as_ptr()) } as *mut u8, *size as usize)),
+            _ => None,
+        })
+        .collect();
+    let fills: Vec<Option<Result<files::Fill, i32>>> = py.detach(|| {
+        opened
+            .iter_mut()
+            .zip(targets)
+            .map(|(entry, target)| match (entry, target) {
+                // SAFETY: the bytes objects were just made here, are referenced only by `buffers`
+                // (alive until the end of this function) and nothing else reads or writes them.
+                (Ok((file, _)), Some(target)) => Some(files::fill(file, unsafe { std::slice::from_raw_parts_mut(target.0, target.1) })),
+                _ => None,
+            })
+            .collect()
+    });
+    let mut results = Vec::with_capacity(paths.len());
+    for (((path, entry), buffer), filled) in paths.iter().zip(opened).zip(buffers).zip(fills) {
+        let outcome = match (entry, filled) {
+            (Err(outcome), _) => outcome,
+            (Ok(_), Some(Ok(files::Fill::Exact))) => {
+                results.push(("ok", buffer.expect("a buffer for every opened file").unbind()));
+                continue;
+            }
+            (Ok(_), Some(Err(errno))) => files::FileRead::Unreadable(errno),
+            // It changed size while being read (rare): read it again, into a buffer of its own.
+            (Ok(_), _) => py.detach(|| files::read_regular_file(path, max_bytes)),
+        };
+        results.push(match outcome {
             files::FileRead::Data(data) => ("ok", pyo3::types::PyBytes::new(py, &data).into_any().unbind()),
             files::FileRead::Missing => ("missing", py.None()),
-            files::FileRead::Unreadable(errno) => ("unreadable", errno.into_pyobject(py).unwrap().into_any().unbind()),
-            files::FileRead::NotRegular(kind) => ("not_regular", kind.into_pyobject(py).unwrap().into_any().unbind()),
-            files::FileRead::TooLarge(size) => ("too_large", size.into_pyobject(py).unwrap().into_any().unbind()),
-        })
-        .collect()
+            files::FileRead::Unreadable(errno) => ("unreadable", errno.into_pyobject(py)?.into_any().unbind()),
+            files::FileRead::NotRegular(kind) => ("not_regular", kind.into_pyobject(py)?.into_any().unbind()),
+            files::FileRead::TooLarge(size) => ("too_large", size.into_pyobject(py)?.into_any().unbind()),
+        });
+    }
+    Ok(results)
 }
+
+/// Where one file's bytes go, handed to code running without the GIL (see `read_files`).
+struct RawTarget(*mut u8, usize);
+// SAFETY: points into a bytes object owned by `read_files` for the whole call.
+unsafe impl Send for RawTarget {}
 
 /// The key a sample with this id is written under.
 #[pyfunction]

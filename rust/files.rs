@@ -24,20 +24,17 @@ fn errno(error: &io::Error) -> i32 {
     error.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// The bytes of the regular file at `path`, at most `max_bytes` of them.
-pub fn read_regular_file(path: &Path, max_bytes: u64) -> FileRead {
-    let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path) {
+/// Open `path` for reading if it is a regular file of at most `max_bytes`: the file and its size.
+pub fn open_regular(path: &Path, max_bytes: u64) -> Result<(File, u64), FileRead> {
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return FileRead::Missing,
-        Err(error) => return FileRead::Unreadable(errno(&error)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(FileRead::Missing),
+        Err(error) => return Err(FileRead::Unreadable(errno(&error))),
     };
-    let metadata = match file.metadata() {
-        Ok(metadata) => metadata,
-        Err(error) => return FileRead::Unreadable(errno(&error)),
-    };
+    let metadata = file.metadata().map_err(|error| FileRead::Unreadable(errno(&error)))?;
     let kind = metadata.file_type();
     if !kind.is_file() {
-        return FileRead::NotRegular(if kind.is_dir() {
+        return Err(FileRead::NotRegular(if kind.is_dir() {
             "a folder"
         } else if kind.is_fifo() {
             "a FIFO"
@@ -45,12 +42,53 @@ pub fn read_regular_file(path: &Path, max_bytes: u64) -> FileRead {
             "a device"
         } else {
             "a socket"
-        });
+        }));
     }
     let size = metadata.len();
     if size > max_bytes {
-        return FileRead::TooLarge(Some(size));
+        return Err(FileRead::TooLarge(Some(size)));
     }
+    Ok((file, size))
+}
+
+/// How filling a buffer of the file's size went.
+#[derive(Debug, PartialEq)]
+pub enum Fill {
+    Exact,
+    /// The file changed size while being read: read it again with `read_regular_file`.
+    Changed,
+}
+
+/// Read exactly `out.len()` bytes (the size fstat gave) into `out`, and check nothing follows.
+pub fn fill(file: &mut File, out: &mut [u8]) -> Result<Fill, i32> {
+    let mut filled = 0;
+    while filled < out.len() {
+        match file.read(&mut out[filled..]) {
+            Ok(0) => return Ok(Fill::Changed),
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(errno(&error)),
+        }
+    }
+    let mut probe = [0u8; 1];
+    loop {
+        match file.read(&mut probe) {
+            Ok(0) => return Ok(Fill::Exact),
+            Ok(_) => return Ok(Fill::Changed),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(errno(&error)),
+        }
+    }
+}
+
+/// The bytes of the regular file at `path`, at most `max_bytes` of them, in a new buffer (the
+/// bindings read into Python's own buffer with `open_regular` + `fill`, and use this when the
+/// file changed size meanwhile).
+pub fn read_regular_file(path: &Path, max_bytes: u64) -> FileRead {
+    let (mut file, size) = match open_regular(path, max_bytes) {
+        Ok(opened) => opened,
+        Err(outcome) => return outcome,
+    };
     // Its size and one byte more, to see it grow; then up to one byte past the limit.
     let mut data = Vec::with_capacity(size as usize + 1);
     if let Err(error) = read_up_to(&mut file, &mut data, size + 1) {
@@ -91,5 +129,22 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
         assert_eq!(read_regular_file(&fifo, 10), FileRead::NotRegular("a FIFO")); // without blocking
         assert_eq!(read_regular_file(&dir.path().join("a.jpg/x"), 10), FileRead::Unreadable(libc::ENOTDIR));
+    }
+
+    #[test]
+    fn fill_sees_a_file_that_changed_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        std::fs::write(&path, b"abcdef").unwrap();
+        let (mut file, size) = open_regular(&path, 100).unwrap();
+        let mut out = vec![0u8; size as usize];
+        assert_eq!(fill(&mut file, &mut out), Ok(Fill::Exact));
+        assert_eq!(out, b"abcdef");
+        let (mut file, _) = open_regular(&path, 100).unwrap();
+        std::fs::write(&path, b"abcdefgh").unwrap(); // grew after fstat
+        assert_eq!(fill(&mut file, &mut out), Ok(Fill::Changed));
+        let (mut file, _) = open_regular(&path, 100).unwrap();
+        std::fs::write(&path, b"abc").unwrap(); // shrank after fstat
+        assert_eq!(fill(&mut file, &mut out), Ok(Fill::Changed));
     }
 }
