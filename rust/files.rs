@@ -61,24 +61,14 @@ pub enum Fill {
 
 /// Read exactly `out.len()` bytes (the size fstat gave) into `out`, and check nothing follows.
 pub fn fill(file: &mut File, out: &mut [u8]) -> Result<Fill, i32> {
-    let mut filled = 0;
-    while filled < out.len() {
-        match file.read(&mut out[filled..]) {
-            Ok(0) => return Ok(Fill::Changed),
-            Ok(n) => filled += n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(errno(&error)),
-        }
+    match file.read_exact(out) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(Fill::Changed),
+        Err(error) => return Err(errno(&error)),
     }
-    let mut probe = [0u8; 1];
-    loop {
-        match file.read(&mut probe) {
-            Ok(0) => return Ok(Fill::Exact),
-            Ok(_) => return Ok(Fill::Changed),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(errno(&error)),
-        }
-    }
+    let mut probe = Vec::new();
+    read_up_to(file, &mut probe, 1).map_err(|error| errno(&error))?;
+    Ok(if probe.is_empty() { Fill::Exact } else { Fill::Changed })
 }
 
 /// The bytes of the regular file at `path`, at most `max_bytes` of them, in a new buffer (the
