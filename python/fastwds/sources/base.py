@@ -77,11 +77,14 @@ class Source:
     defaults: ClassVar[dict[str, Any]] = {}
     # ConvertOptions execution fields its tasks run with; they never change the bytes written.
     execution: ClassVar[dict[str, Any]] = {}
+    # The source's options dataclass (ConvertOptions.source_options); its defaults are the CLI's.
+    options_type: ClassVar[type]
 
     def convert_options(self, **fields: Any) -> ConvertOptions:
         """The options a conversion of this source runs with: its defaults and execution settings,
         then ``fields``. The CLI, the benchmarks and library callers all build them here."""
-        return replace(ConvertOptions(), **{**self.defaults, **self.execution, **fields})
+        return replace(ConvertOptions(), **{"source_options": self.options_type(), **self.defaults, **self.execution,
+                                            **fields})
 
     # -- command line ------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ def _absolute(path: str | None) -> str | None:
 
 class NpzSource(Source):
     name = "npz"
+    options_type = NpzOptions
     help = "NPZ volumes + CSV reports/metadata/labels -> float16 shards"
     description = DESCRIPTION
     usage = "DATA_FOLDER OUTPUT_DIR"

@@ -25,6 +25,7 @@ __all__ = ["SOURCE", "ParquetColumns", "plan_parquet"]
 
 class ParquetSource(Source):
     name = "parquet"
+    options_type = ParquetColumns
     help = "multimodal instruct parquet (LLaVA style)"
     description = ("Convert LLaVA-style parquet into validated shards: a folder (or s3:// prefix) whose folders "
                    "holding parquet files are subsets, or one .parquet file.")

@@ -59,6 +59,7 @@ def split_ratio_argument(text: str) -> str:
 
 class SftSource(Source):
     name = "sft"
+    options_type = SftOptions
     help = "SFT JSON/JSONL with image or video files (LLaVA / Megatron-Energon style)"
     description = ("Convert SFT JSON or JSONL files (samples with messages/conversations and image or video paths) "
                    "into validated shards, with Megatron-Energon metadata by default.")
