@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
 
 import fastwds
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
 from fastwds.reasons import REJECT_REASONS as REASONS
-from parquet_data import corrupt_png, rgb_image, rows, turns, write_rows
+from parquet_data import IMAGE, corrupt_png, rgb_image, rows, turns, write_rows
 from PIL import Image
 
 
@@ -297,3 +301,53 @@ def test_damaged_parquet_page_is_a_clear_error(tmp_path, workers, column):
     assert "a.parquet" in result.stderr and "cannot be read" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(out.glob("*.partial"))
+
+
+PLAN_PEAK_RSS = """
+import sys
+from fastwds.sources import get_source
+source = get_source("parquet")
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) for line in lines if line.startswith(field)) * 1024
+before = status("VmRSS")
+plan = source.plan(sys.argv[1], source.convert_options())
+print(status("VmHWM") - before, sum(len(task.rejected) for task in plan.tasks))
+"""
+
+
+def plan_memory(root: Path) -> tuple[int, int]:
+    """How far the peak RSS of a fresh process rose while planning ``root``, and the rows it rejected."""
+    result = subprocess.run([sys.executable, "-c", PLAN_PEAK_RSS, str(root)], capture_output=True, text=True,
+                            check=True)
+    rise, rejected = result.stdout.split()
+    return int(rise), int(rejected)
+
+
+def write_many_ids(folder: Path, files: int, rows_per_file: int, repeat: str) -> None:
+    """Rows with long ids and tiny images; the last file's last row repeats the id ``repeat``."""
+    folder.mkdir(parents=True)
+    image = pa.array([{"bytes": b"\xff\xd8\xff", "path": None}] * rows_per_file, IMAGE)
+    conversations = pa.array([json.dumps(turns("<image>"))] * rows_per_file)
+    for number in range(files):
+        ids = [f"some-dataset-subset-{number:03d}-row-{row:09d}" for row in range(rows_per_file)]
+        if number == files - 1:
+            ids[-1] = repeat
+        pq.write_table(pa.table({"id": ids, "image": image, "conversations": conversations}),
+                       folder / f"part-{number:03d}.parquet", row_group_size=20_000)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_planning_holds_a_few_bytes_per_id(tmp_path):
+    """The duplicate check sees every id of the dataset, the one part of a plan that grows with
+    the input: it keeps 8-byte key hashes, not the ids (45 bytes each here). Planning 5x the rows
+    costs under 48 bytes per extra id at the peak (holding the ids cost ~170), and the one
+    repeated id is still found exactly."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    write_many_ids(small, 2, 100_000, repeat="some-dataset-subset-000-row-000000005")
+    write_many_ids(large, 10, 100_000, repeat="some-dataset-subset-003-row-000000007")
+    small_rise, small_rejected = plan_memory(small)
+    large_rise, large_rejected = plan_memory(large)
+    assert (small_rejected, large_rejected) == (1, 1)
+    assert (large_rise - small_rise) / 800_000 < 48, (small_rise, large_rise)

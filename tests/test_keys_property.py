@@ -66,3 +66,39 @@ def test_any_ids_and_payloads_round_trip(samples):
                 read.append((key, ext, m.data))
         expected = [(k, ext, data) for k, (_, a, b) in zip(keys, samples) for ext, data in (("0.dat", b), ("bin", a))]
         assert read == expected
+
+
+class EveryKeyCollides:
+    """KeyHashes whose hash gives every key the same value: the worst hash there could be."""
+
+    @staticmethod
+    def hash_keys(keys):
+        import numpy as np
+        return np.full(len(keys), 7, dtype=np.uint64)
+
+
+@given(st.lists(st.lists(st.one_of(st.none(), st.text(max_size=40), st.sampled_from(["a", "a.b", "a_b", "b"]))),
+                max_size=6),
+       st.booleans())
+def test_key_hashes_over_pieces_find_what_one_pass_over_all_ids_finds(pieces, worst_hash):
+    """KeyHashes keeps 8 bytes per id and checks exactly only the rows whose hash repeats: the
+    same rows, reasons, details and first rows as find_repeated_keys over all ids at once, with
+    polars' hash and with one that makes every key collide (a collision never rejects a row).
+    Only the pieces holding a candidate are read again."""
+    from fastwds.convert.plan import KeyHashes, find_repeated_keys
+
+    hashes = type("Worst", (EveryKeyCollides, KeyHashes), {})() if worst_hash else KeyHashes()
+    for piece in pieces:
+        hashes.add(pl.Series(piece, dtype=pl.String))
+    read_again = []
+
+    def read_ids(index):
+        read_again.append(index)
+        return pl.Series(pieces[index], dtype=pl.String)
+
+    found = hashes.find_repeated(read_ids)
+    every = [sample_id for piece in pieces for sample_id in piece]
+    assert found == find_repeated_keys(pl.Series(every, dtype=pl.String))
+    assert read_again == sorted(set(read_again))  # each piece at most once, in order
+    if not found and not worst_hash:
+        assert read_again == []  # no repeated key: polars' hash of distinct keys did not collide here

@@ -4,6 +4,8 @@ only metadata (row groups, sizes) and the id column (duplicate ids across the wh
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
+from fastwds.convert.plan import KeyHashes, Plan, RowGroup, SourceFile, Task, cut_tasks
 from fastwds import storage
 from fastwds.errors import InvalidInputError
 from fastwds.paths import safe_name
@@ -99,7 +101,10 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
     root, subsets = discover_subsets(os.fspath(root).rstrip("/") if storage.is_url(root) else os.fspath(root))
     files: list[SourceFile] = []
     tasks: list[Task] = []
-    id_series: list[pl.Series] = []
+    # Each file's id-column read (path, row groups) and the key hashes of those ids: the plan holds
+    # 8 bytes per id, and reads again only the files whose rows may repeat a key.
+    id_reads: list[tuple[str, list[tuple[int, int]]]] = []
+    id_hashes = KeyHashes()
     remaining = limit
     for subset, entries in subsets.items():
         groups: list[RowGroup] = []
@@ -122,11 +127,8 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
                                 remaining -= rows
                         first += group.num_rows
                     if taken:
-                        try:
-                            id_series.append(read_ids(parquet, taken, columns.id))
-                        except (pa.ArrowException, OSError) as error:
-                            raise InvalidInputError(f"{path}: column {columns.id!r} cannot be read: "
-                                                    f"{first_line(error)}") from error
+                        id_hashes.add(read_id_column(path, parquet, taken, columns.id))
+                        id_reads.append((path, taken))
             except InvalidInputError:
                 raise
             except Exception as error:  # pyarrow raises ArrowInvalid/OSError for damaged files
@@ -134,35 +136,44 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
             files.append(SourceFile(relative, entry.size, entry.mtime_ns, metadata.num_rows, entry.etag))
         tasks.extend(cut_tasks(subset, groups, max_rows, max_bytes))
     input_root = root if storage.is_url(root) else str(Path(root).resolve())
-    return Plan("parquet", input_root, tuple(files), attach_rejections(tasks, id_series))
+    def read_again(index: int) -> pl.Series:
+        path, taken = id_reads[index]
+        try:
+            with storage.readable(path) as source:
+                return read_id_column(path, pq.ParquetFile(source), taken, columns.id)
+        except InvalidInputError:
+            raise
+        except Exception as error:
+            raise InvalidInputError(f"{path}: not a readable parquet file: {first_line(error)}") from error
+
+    repeated = id_hashes.find_repeated(read_again)
+    return Plan("parquet", input_root, tuple(files), attach_rejections(tasks, repeated))
 
 
 def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def read_ids(parquet: pq.ParquetFile, groups: list[tuple[int, int]], column: str) -> pl.Series:
+def read_id_column(path: str, parquet: pq.ParquetFile, groups: list[tuple[int, int]], column: str) -> pl.Series:
     """The id column of the first rows of these row groups, as strings (only that column's
     chunks are read)."""
-    pieces = [parquet.read_row_group(i, columns=[column]).column(0).slice(0, rows) for i, rows in groups]
-    ids = pa.chunked_array([p for piece in pieces for p in piece.chunks], type=pieces[0].type)
-    return pl.from_arrow(ids).cast(pl.String)
+    try:
+        pieces = [parquet.read_row_group(i, columns=[column]).column(0).slice(0, rows) for i, rows in groups]
+        ids = pa.chunked_array([p for piece in pieces for p in piece.chunks], type=pieces[0].type)
+        return pl.from_arrow(ids).cast(pl.String)
+    except (pa.ArrowException, OSError) as error:
+        raise InvalidInputError(f"{path}: column {column!r} cannot be read: {first_line(error)}") from error
 
 
-def attach_rejections(tasks: list[Task], id_series: list[pl.Series]) -> tuple[Task, ...]:
-    """Give each task the rows of it that repeat an earlier key (ids in task order)."""
-    if not id_series:
-        return tuple(tasks)
-    repeated = find_repeated_keys(pl.concat(id_series))
+def attach_rejections(tasks: list[Task], repeated: dict[int, tuple[str, str, int]]) -> tuple[Task, ...]:
+    """Give each task the rows of it that repeat an earlier key (positions in task order)."""
     if not repeated:
         return tuple(tasks)
-    located, start = [], 0
-    bounds = []
-    for task in tasks:
-        bounds.append((start, task))
-        start += task.num_rows
-    for task_start, task in bounds:
-        rows = tuple((p - task_start, reason, detail) for p, (reason, detail, _) in sorted(repeated.items())
-                     if task_start <= p < task_start + task.num_rows)
-        located.append(Task(task.subset, task.number, task.slices, rows) if rows else task)
+    by_task: list[list[tuple[int, str, str]]] = [[] for _ in tasks]
+    task_starts = list(itertools.accumulate((task.num_rows for task in tasks), initial=0))
+    for position, (reason, detail, _) in sorted(repeated.items()):
+        index = bisect.bisect_right(task_starts, position) - 1
+        by_task[index].append((position - task_starts[index], reason, detail))
+    located = [Task(task.subset, task.number, task.slices, tuple(rows)) if rows else task
+               for task, rows in zip(tasks, by_task)]
     return tuple(located)
