@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import fastwds
 import pytest
 from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
 from fastwds.convert.options import ConvertOptions
@@ -316,3 +317,36 @@ def test_video_containers_are_recognised_and_truncation_seen(container, codec, e
         assert inspect_video(data[:-16]).reason == "video_truncated"
     assert inspect_video(b"").reason == "video_empty"
     assert inspect_video(b"GIF89a" + data).reason == "video_unknown_format"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(st.lists(st.sampled_from(["a", "b", "c/d", "c_d", None])), min_size=1, max_size=3),
+       piece_rows=st.integers(1, 4))
+def test_repeated_ids_are_found_across_pieces_and_files(tmp_path, monkeypatch, files, piece_rows):
+    """Planning holds each row's id only until its piece of ID_PIECE_ROWS rows becomes key hashes;
+    the files whose rows may repeat a key are parsed again. Whatever the pieces, the rows rejected
+    are those a plain pass over all ids finds: an id seen before is duplicate_id, a different id
+    with the same key ("c/d" and "c_d" do not collide: the derived key has a hash suffix) a
+    key_collision; a row without an id gets a derived one that repeats nothing."""
+    import fastwds.sources.sft.plan as sft_plan
+
+    monkeypatch.setattr(sft_plan, "ID_PIECE_ROWS", piece_rows)
+    paths, expected, first_key, position = [], {}, {}, 0
+    for number, ids in enumerate(files):
+        path = tmp_path / f"part{number}-{len(paths)}.jsonl"
+        path.write_text("".join(json.dumps({"messages": chat("hi"), **({"id": i} if i else {})}) + "\n" for i in ids))
+        paths.append(str(path))
+        for row, sample_id in enumerate(ids):
+            sample_id = sample_id or f"part{number}-{len(paths) - 1}-{row}"
+            key = fastwds.portable_key(sample_id)
+            if key in first_key:
+                expected[position] = "duplicate_id" if first_key[key][1] == sample_id else "key_collision"
+            else:
+                first_key[key] = (position, sample_id)
+            position += 1
+    plan = plan_sft(paths, SftOptions(energon=False), 2, 10**9)
+    found, start = {}, 0
+    for task in plan.tasks:
+        found.update({start + row: reason for row, reason, _ in task.rejected})
+        start += task.num_rows
+    assert found == expected

@@ -3,6 +3,7 @@ ids (duplicates are found across the whole dataset) and the rows that cannot be 
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 from array import array
@@ -11,16 +12,18 @@ from pathlib import Path
 
 import polars as pl
 
-from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, find_repeated_keys
+from fastwds.convert.plan import KeyHashes, Plan, RowGroup, SourceFile, Task, cut_tasks
 from fastwds.energon import check_sample_type, parse_split_ratio
 from fastwds import storage
 from fastwds.errors import FastwdsError, InvalidInputError
 from fastwds.paths import matching_files, safe_name
 from fastwds.reasons import Problem
-from fastwds.sources.sft.rows import MEDIA_KINDS, ByteSlice, SftOptions, derived_id, iter_rows, parse_row
+from fastwds.sources.sft.rows import MEDIA_KINDS, ByteSlice, SftOptions, SftRow, derived_id, iter_rows, parse_row
 
 # Rows whose media sizes are looked up at plan time to estimate bytes per row (task sizing).
 SIZE_SAMPLE_ROWS = 64
+# Rows whose ids are held at once while planning, before they become 8-byte key hashes.
+ID_PIECE_ROWS = 65536
 
 
 def expand_inputs(data: list[str]) -> list[str]:
@@ -95,13 +98,22 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
         check_sample_type(options.sample_type)
     files = expand_inputs(data)
     root = common_root(files)
-    sources, groups, rejected, ids = [], [], {}, []
+    sources, groups, rejected = [], [], {}
+    # The key hashes of every row's id (8 bytes per row), added in pieces of at most ID_PIECE_ROWS
+    # rows, (file number, first row) each; the files whose rows may repeat a key are parsed again
+    # for their ids (ids_of).
+    id_hashes, id_pieces = KeyHashes(), []
     offsets: dict[str, tuple[array, array]] = {}
     size_sample: list[tuple[str, int, list[str]]] = []  # (json dir, row bytes, media paths)
     position = 0  # row number across all files
-    for path in files:
+    for number, path in enumerate(files):
         relative = relative_to(path, root)
-        starts, stops = array("q"), array("q")
+        starts, stops, ids = array("q"), array("q"), []
+
+        def add_ids() -> None:
+            id_hashes.add(pl.Series(ids, dtype=pl.String))
+            id_pieces.append((number, len(starts) - len(ids)))
+            ids.clear()
         rows = iter_rows(path) if limit is None or position < limit else iter(())
         for byte_start, byte_stop, value in rows:
             if limit is not None and position >= limit:
@@ -109,14 +121,16 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
             row = parse_row(value, options.media)
             if isinstance(row, Problem):
                 rejected[position] = (row.reason, row.detail)
-                ids.append(None)
-            else:
-                ids.append(row.id if row.id is not None else derived_id(relative, len(starts)))
-                if position % 128 == 0:
-                    size_sample.append((parent(path), byte_stop - byte_start, row.paths))
+            elif position % 128 == 0:
+                size_sample.append((parent(path), byte_stop - byte_start, row.paths))
+            ids.append(row_id(row, relative, len(starts)))
             starts.append(byte_start)
             stops.append(byte_stop)
             position += 1
+            if len(ids) == ID_PIECE_ROWS:
+                add_ids()
+        if ids:
+            add_ids()
         stat = storage.stat_file(path)
         sources.append(SourceFile(relative, stat.size, stat.mtime_ns, len(starts), stat.etag))
         offsets[relative] = (starts, stops)
@@ -125,9 +139,28 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
     per_row = estimate_row_bytes(size_sample, options.media_root)
     groups = [RowGroup(g.file, g.first_row, g.rows, int(g.rows * per_row)) for g in groups]
     tasks = cut_tasks(subset_name(files, root), groups, max_rows, max_bytes)
-    for position, (reason, detail, _) in find_repeated_keys(pl.Series(ids, dtype=pl.String)).items():
+    file_ids: dict[int, list[str | None]] = {}  # the ids of the file last parsed again
+
+    def ids_of(piece: int) -> pl.Series:
+        number, first = id_pieces[piece]
+        if number not in file_ids:  # pieces are asked for in order: one file parsed at a time
+            file_ids.clear()
+            rows = itertools.islice(iter_rows(files[number]), sources[number].rows)
+            file_ids[number] = [row_id(parse_row(value, options.media), sources[number].path, row)
+                                for row, (_, _, value) in enumerate(rows)]
+        return pl.Series(file_ids[number][first:first + ID_PIECE_ROWS], dtype=pl.String)
+
+    for position, (reason, detail, _) in id_hashes.find_repeated(ids_of).items():
         rejected[position] = (reason, detail)
     return Plan("sft", root, tuple(sources), attach(tasks, offsets, rejected))
+
+
+def row_id(row: SftRow | Problem, file: str, number: int) -> str | None:
+    """The id a row's sample gets (its own, or one derived from its place); None for a row that
+    cannot be a sample."""
+    if isinstance(row, Problem):
+        return None
+    return row.id if row.id is not None else derived_id(file, number)
 
 
 def estimate_row_bytes(size_sample: list[tuple[str, int, list[str]]], media_root: str | None) -> float:
