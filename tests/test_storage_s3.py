@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 
 import boto3
+import pyarrow.parquet as pq
 import pytest
 
 import fastwds
-from conftest import read_webdataset, run_cli
+from conftest import jpeg_bytes, read_webdataset, run_cli
 from fastwds.synthetic import generate
 from npz_data import make_dataset
+from parquet_data import turns, write_rows
 from s3_server import S3Server
 from sft_data import make_image_dataset
 
@@ -104,6 +106,10 @@ def test_a_bucket_receives_exactly_what_a_folder_does(server, s3, tmp_path, case
 def test_parquet_is_planned_from_footers_and_read_by_row_group(server, s3, tmp_path):
     root = tmp_path / "pq"
     generate(root, rows=400, subsets=1, files_per_subset=2, row_group_rows=50, seed=9)
+    # A subset whose one row repeats the id of a generated row: planning finds it across files by
+    # key hash, then reads those files' id columns again from the bucket to confirm it.
+    repeated_id = pq.read_table(sorted(root.rglob("*.parquet"))[-1], columns=["id"])["id"][7].as_py()
+    write_rows(root / "zz_again" / "again.parquet", [(repeated_id, jpeg_bytes(), None, turns("<image>"))])
     url = upload_folder(s3, root, "inputs/pq")
     total = sum(p.stat().st_size for p in root.rglob("*.parquet"))
     from fastwds.sources import get_source
@@ -114,7 +120,9 @@ def test_parquet_is_planned_from_footers_and_read_by_row_group(server, s3, tmp_p
     plan = source.plan(url, source.convert_options(source_options=ParquetColumns(), max_samples_per_shard=100))
     planning = server.bytes_sent(".parquet")
     assert planning < 0.05 * total, f"planning read {planning:,} of {total:,} bytes: more than footers and ids"
-    assert plan.total_rows == 400 and all(f.etag for f in plan.files)  # identity from the store: ETags
+    assert plan.total_rows == 401 and all(f.etag for f in plan.files)  # identity from the store: ETags
+    assert [(task.subset, reason) for task in plan.tasks for _, reason, _ in task.rejected] == \
+        [("zz_again", "duplicate_id")]
     run_cli("convert", "parquet", str(root), str(tmp_path / "local"), "--max-samples-per-shard", "100", "--no-progress")
     server.clear()
     run_cli("convert", "parquet", url, str(tmp_path / "from-bucket"), "--max-samples-per-shard", "100",

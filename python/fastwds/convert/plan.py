@@ -123,12 +123,14 @@ PORTABLE_ID = rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{_core.MAX_KEY_LEN - 1}}}$"
 DERIVED_KEY_SUFFIX = r"--[0-9a-f]{16}$"
 
 
-def _keyed(ids: pl.Series) -> pl.DataFrame:
-    """``position``, ``id`` and shard ``key`` of every id that is neither null nor empty (those
-    rows are rejected as ``missing_id``). Ids that are already portable keys are their own key
-    (a polars regex decides); only the others go through ``portable_key`` one by one."""
-    frame = pl.DataFrame({"id": ids.cast(pl.String)}).with_row_index("position").filter(
-        pl.col("id").is_not_null() & (pl.col("id") != ""))
+def _keyed(ids: pl.Series, positions: pl.Series | None = None) -> pl.DataFrame:
+    """``position`` (``positions``, else the index in ``ids``), ``id`` and shard ``key`` of every id
+    that is neither null nor empty (those rows are rejected as ``missing_id``). Ids that are
+    already portable keys are their own key (a polars regex decides); only the others go through
+    ``portable_key`` one by one."""
+    frame = pl.DataFrame({"id": ids.cast(pl.String)})
+    frame = frame.with_row_index("position") if positions is None else frame.with_columns(position=positions)
+    frame = frame.filter(pl.col("id").is_not_null() & (pl.col("id") != ""))
     portable = pl.col("id").str.contains(PORTABLE_ID) & ~pl.col("id").str.contains(DERIVED_KEY_SUFFIX)
     derived = frame.filter(~portable)
     frame = frame.filter(portable).with_columns(key=pl.col("id"))
@@ -176,7 +178,7 @@ class KeyHashes:
             return {}
         candidates = np.flatnonzero(np.isin(every, repeated))
         del every
-        positions: list[int] = []
+        positions: list[np.ndarray] = []
         ids: list[pl.Series] = []
         start = 0
         for index, length in enumerate(lengths):
@@ -186,22 +188,21 @@ class KeyHashes:
                 if len(piece_ids) != length:
                     raise InvalidInputError(f"the ids of input piece {index} changed while planning "
                                             f"({length} rows, then {len(piece_ids)}); plan again")
-                positions.extend((local + start).tolist())
+                positions.append(local + start)
                 ids.append(piece_ids.cast(pl.String).gather(local))
             start += length
-        found = find_repeated_keys(pl.concat(ids))
-        return {positions[p]: (reason, detail, positions[first]) for p, (reason, detail, first) in found.items()}
+        return find_repeated_keys(pl.concat(ids), pl.Series(np.concatenate(positions)))
 
 
-def find_repeated_keys(ids: pl.Series) -> dict[int, tuple[str, str, int]]:
-    """Rows (by position in ``ids``) whose shard key an earlier row already has:
+def find_repeated_keys(ids: pl.Series, positions: pl.Series | None = None) -> dict[int, tuple[str, str, int]]:
+    """Rows (by position in ``ids``, or ``positions``: increasing) whose shard key an earlier row already has:
     ``{position: (reason, detail, position of the first row)}``. The same id again is
     ``duplicate_id``; a different id with the same key is ``key_collision``.
 
     Vectorised in polars: ~75 bytes per id at the peak (measured, 384,000 ids: 28 MB; window
     functions over the keys took 114 MB, a Python call per id 63 MB more). For a whole dataset,
     ``KeyHashes`` holds 8 bytes per id and calls this on the few rows that may repeat."""
-    frame = _keyed(ids)
+    frame = _keyed(ids, positions)
     repeated = frame.filter(~pl.col("key").is_first_distinct())
     if not len(repeated):
         return {}
