@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 from collections import deque
 from collections.abc import AsyncIterator
@@ -21,11 +22,11 @@ from typing import Any
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
 from fastwds import _core, storage
-from fastwds.errors import FastwdsError
+from fastwds.errors import FastwdsError, InvalidInputError
 from fastwds.reasons import Problem
 from fastwds.sources.base import RowBatch
 from fastwds.sources.sft.plan import parent, resolve_media
-from fastwds.sources.sft.rows import SftOptions, SftRow, derived_id, given_id, is_json_array, parse_row, read_slice
+from fastwds.sources.sft.rows import SftOptions, SftRow, derived_id, given_id, is_json_array, parse_row, slice_rows
 
 # Objects of a bucket fetched at once per group: enough to hide the latency of each request.
 OBJECT_READS_IN_FLIGHT = 32
@@ -150,6 +151,7 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
     media, so batches of videos stay small in memory."""
     sft: SftOptions = options.source_options
     rejected = {offset for offset, _, _ in task.rejected}
+    bad_json = {offset for offset, reason, _ in task.rejected if reason == "bad_json"}
     media_root = None if sft.media_outside_root else (sft.media_root or root)
     reader = MediaReader(media_root, sft.max_media_bytes)
     ahead: deque[asyncio.Task] = deque()
@@ -158,12 +160,20 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
         for piece in task.slices:
             path = storage.join(root, piece.file)
             array_file = await asyncio.to_thread(is_json_array, path)
-            values = await asyncio.to_thread(read_slice, path, piece, array_file)
+            data = await asyncio.to_thread(storage.read_range, path, piece.byte_start, piece.byte_stop)
+            values = slice_rows(path, data, piece, array_file)
             batch = BatchBuilder(piece.file, piece.start, options.batch_rows)
-            rows = [describe_row(piece.file, piece.start + index, value, task_row + index in rejected, sft,
-                                 parent(path)) for index, value in enumerate(values)]
-            for start in range(0, len(rows), GROUP_ROWS):
-                ahead.append(asyncio.ensure_future(reader.read_group(rows[start:start + GROUP_ROWS])))
+            done = 0  # rows of the slice handed to the reader
+            while group := list(itertools.islice(values, GROUP_ROWS)):
+                for index, value in enumerate(group):
+                    if value is None and task_row + done + index not in bad_json:  # it parsed when planned
+                        raise InvalidInputError(f"{path}: changed since the plan (row {piece.start + done + index} "
+                                                "no longer parses)")
+                rows = [describe_row(piece.file, piece.start + done + index, value,
+                                     task_row + done + index in rejected, sft, parent(path))
+                        for index, value in enumerate(group)]
+                done += len(group)
+                ahead.append(asyncio.ensure_future(reader.read_group(rows)))
                 if len(ahead) >= GROUPS_AHEAD:
                     for full in batch.add_all(await ahead.popleft()):
                         yield full
@@ -172,7 +182,7 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
                     yield full
             if batch.ids:
                 yield batch.take()
-            task_row += len(values)
+            task_row += done
     finally:
         for pending in ahead:
             pending.cancel()

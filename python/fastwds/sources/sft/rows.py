@@ -179,19 +179,48 @@ def _iter_array(local: Path, path: str) -> Iterator[tuple[int, int, Any]]:
 
 
 def read_slice(path: str, piece: ByteSlice, array_file: bool) -> list[Any]:
-    """The rows of one slice, reading only its bytes (one ranged GET for an object); unparseable
-    JSONL lines become None."""
-    data = storage.read_range(path, piece.byte_start, piece.byte_stop)
-    if array_file:
-        rows = json.loads(b"[" + data + b"]")
-    else:
-        rows = []
-        for line in data.split(b"\n"):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    rows.append(None)  # rejected at plan time as bad_json
-    if len(rows) != piece.stop - piece.start:
-        raise InvalidInputError(f"{path}: changed since the plan (rows {piece.start}-{piece.stop} moved)")
-    return rows
+    """The rows of one slice, reading only its bytes (one ranged GET for an object)."""
+    return list(slice_rows(path, storage.read_range(path, piece.byte_start, piece.byte_stop), piece, array_file))
+
+
+def slice_rows(path: str, data: bytes, piece: ByteSlice, array_file: bool) -> Iterator[Any]:
+    """The rows in a slice's bytes, parsed one by one as they are taken: a task's first media
+    reads start once its first rows are parsed, not all of them (parsing 6,000 rows first kept the
+    other core idle ~0.07 s per task). Unparseable JSONL lines become None (rejected at plan time
+    as bad_json). Raises InvalidInputError when the bytes hold other rows than planned."""
+    expected, count = piece.stop - piece.start, 0
+    changed = InvalidInputError(f"{path}: changed since the plan (rows {piece.start}-{piece.stop} moved)")
+    try:
+        for value in (_array_values(data) if array_file else _line_values(data)):
+            count += 1
+            if count > expected:
+                raise changed
+            yield value
+    except ValueError:  # not JSON where a row was planned (UnicodeDecodeError and JSONDecodeError too)
+        raise changed from None
+    if count != expected:
+        raise changed
+
+
+def _line_values(data: bytes) -> Iterator[Any]:
+    for line in data.split(b"\n"):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                yield None
+
+
+def _array_values(data: bytes) -> Iterator[Any]:
+    """The elements of a run of a JSON array's elements (``a, b, c``), one by one."""
+    text = data.decode("utf-8")
+    decoder = json.JSONDecoder()
+    position = _WHITESPACE.match(text).end()
+    while position < len(text):
+        value, end = decoder.raw_decode(text, position)
+        yield value
+        position = _WHITESPACE.match(text, end).end()
+        if position < len(text):
+            if text[position] != ",":
+                raise ValueError("expected ',' between rows")
+            position = _WHITESPACE.match(text, position + 1).end()
