@@ -89,3 +89,39 @@ def test_ctrl_c_stops_cleanly(dataset, clean_run, tmp_path):
     assert out.glob("*.tar") and all(hashlib.sha256(p.read_bytes()).hexdigest() == expected[p.name]
                                      for p in out.glob("*.tar"))
     assert not list((out / ".fastwds" / "attempts").glob("*")), "interrupted attempts left their staging files"
+
+
+def test_an_input_changed_during_the_run_stops_it_before_the_manifest(dataset, clean_run, tmp_path):
+    """The run is stopped (SIGSTOP) once 2 tasks have finished, one input file is rewritten
+    (another modification time: what a sync tool or a second job writing the dataset does), and
+    the run continues (SIGCONT). It must not finish as if nothing happened: exit 1, one line
+    naming the file, no manifest. --resume is refused (the input is not the plan's any more);
+    --overwrite converts the input as it now is."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    out = tmp_path / "out"
+    changed = sorted(data.rglob("*.parquet"))[-1]
+    with subprocess.Popen([sys.executable, "-m", "fastwds", "convert", "parquet", str(data), str(out),
+                           "--max-samples-per-shard", "40", "--num-workers", "1", "--no-progress"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) as child:
+        deadline = time.monotonic() + 120
+        while finished_tasks(out) < 2 and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.killpg(child.pid, signal.SIGSTOP)
+        assert child.poll() is None, "the run finished before the input could be changed"
+        stat = changed.stat()
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        os.killpg(child.pid, signal.SIGCONT)
+        _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 1, stderr
+    assert "Traceback" not in stderr and str(changed) in stderr and "changed while it was being converted" in stderr
+    assert not (out / "manifest.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "fastwds", "convert", "parquet", str(data), str(out), *ARGS,
+                              "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 1 and "input changed" in resumed.stderr, resumed.stderr
+    subprocess.run([sys.executable, "-m", "fastwds", "convert", "parquet", str(data), str(out), *ARGS,
+                    "--overwrite"], check=True, capture_output=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in clean_run["shards"]]

@@ -350,3 +350,34 @@ def test_repeated_ids_are_found_across_pieces_and_files(tmp_path, monkeypatch, f
         found.update({start + row: reason for row, reason, _ in task.rejected})
         start += task.num_rows
     assert found == expected
+
+
+@pytest.mark.parametrize("jsonl", [True, False], ids=["jsonl", "json-array"])
+@pytest.mark.parametrize("change", ["row-added", "text-shifted", "rows-removed"])
+def test_a_file_changed_after_planning_fails_the_run_naming_it(tmp_path, jsonl, change):
+    """Rows are parsed from their planned byte ranges as the task goes. A file rewritten since the
+    plan fails the run with a message naming it: its task stops where a planned row no longer
+    parses or the rows do not add up, and when the planned ranges still parse (a row of the same
+    length added), the inputs checked again at the end of the run show the change. No manifest
+    is written: the run did not finish, and its shards may mix old and new rows."""
+    from fastwds.errors import InputChangedError, InvalidInputError
+
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(seed=13))
+    rows = [{"id": f"r{i}", "image": "a.jpg", "messages": chat("<image>")} for i in range(40)]
+    data = tmp_path / ("rows.jsonl" if jsonl else "rows.json")
+
+    def write(rows):
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows) if jsonl else json.dumps(rows, indent=1))
+
+    write(rows)
+    options = ConvertOptions(source_options=SftOptions(energon=False), fsync=False)
+    plan = plan_sft([str(data)], options.source_options, 1000, 10**9)
+    if change == "row-added":
+        write(rows[:20] + [{"id": "new", "image": "a.jpg", "messages": chat("<image>")}] + rows[20:])
+    elif change == "text-shifted":
+        data.write_text(" " * 7 + data.read_text())
+    else:
+        write(rows[:5])
+    with pytest.raises((InvalidInputError, InputChangedError), match=r"rows\.jsonl?: changed "):
+        convert(plan, tmp_path / "out", options, command="test", show_progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()

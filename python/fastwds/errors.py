@@ -19,6 +19,11 @@ class ResumeMismatchError(FastwdsError):
     """``--resume`` was asked for, but the input or the options differ from the interrupted run."""
 
 
+class InputChangedError(FastwdsError):
+    """An input file changed while it was being converted: its shards may mix old and new rows,
+    so the run does not finish (no manifest); a rerun needs ``--overwrite``."""
+
+
 class InvalidSamplesError(FastwdsError):
     """``on_invalid="fail"`` and a sample failed validation."""
 
@@ -35,6 +40,7 @@ class NothingWrittenError(FastwdsError):
 __all__ = [
     "DuplicateKeyError",
     "FastwdsError",
+    "InputChangedError",
     "InvalidInputError",
     "InvalidSamplesError",
     "NothingWrittenError",

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
 
-from fastwds import _core
+from fastwds import _core, storage
 from fastwds.errors import InvalidInputError
 
 
@@ -52,6 +54,25 @@ class SourceFile:
     mtime_ns: int  # 0 for objects in a store: their ETag says whether they changed
     rows: int
     etag: str | None = None
+
+
+def changed_files(input_root: str, files: Sequence[SourceFile], at_once: int = 32) -> list[str]:
+    """The files whose size or identity (mtime, or an object's ETag) is no longer the plan's, or
+    that are gone: stat'ed ``at_once`` at a time (HEAD requests for a bucket's objects)."""
+    def location(file: SourceFile) -> str:
+        return file.path if os.path.isabs(file.path) or storage.is_url(file.path) else \
+            storage.join(input_root, file.path)
+
+    def changed(file: SourceFile) -> bool:
+        try:
+            now = storage.stat_file(location(file))
+        except OSError:
+            return True
+        return (now.size, now.mtime_ns if file.etag is None else now.etag) != \
+            (file.size, file.mtime_ns if file.etag is None else file.etag)
+
+    with ThreadPoolExecutor(at_once) as pool:
+        return [location(f) for f, is_changed in zip(files, pool.map(changed, files)) if is_changed]
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from fastwds.convert.layout import MANIFEST_NAME, REJECTS_NAME, STATE_DIR, WIDS_
 from fastwds.convert.manifest import build_manifest
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output, open_output
-from fastwds.convert.plan import Plan
+from fastwds.convert.plan import Plan, changed_files
 from fastwds.convert.state import prepare_output, read_record
-from fastwds.errors import NothingWrittenError
+from fastwds.errors import InputChangedError, NothingWrittenError
 from fastwds.indexes import wids_document
 from fastwds.progress import ProgressReporter
 from fastwds.reasons import check_reason
@@ -77,6 +77,12 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         progress.show()
         progress.close()
         remove_dead_attempts(output)  # attempts whose worker died and whose task was retried
+        if changed := changed_files(plan.input_root, plan.files):
+            more = f" (and {len(changed) - 1:,} more)" if len(changed) > 1 else ""
+            raise InputChangedError(f"{changed[0]}{more}: changed while it was being converted (its size or "
+                                    "modification time is not the plan's), so its shards may mix old and new "
+                                    "rows; the run did not finish. Convert again with --overwrite once the input "
+                                    "stays as it is.")
         records = [read_record(output, t) for t in plan.tasks]
         manifest = finalize(output, plan, options, records, command, time.perf_counter() - started, resumed,
                             engine)
