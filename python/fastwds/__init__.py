@@ -11,6 +11,7 @@ from typing import Any
 _PUBLIC = {
     "DuplicateKeyError": "fastwds.errors",
     "FastwdsError": "fastwds.errors",
+    "InputChangedError": "fastwds.errors",
     "InvalidInputError": "fastwds.errors",
     "NothingWrittenError": "fastwds.errors",
     "ResumeMismatchError": "fastwds.errors",
