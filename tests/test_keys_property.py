@@ -89,7 +89,7 @@ def test_key_hashes_over_pieces_find_what_one_pass_over_all_ids_finds(pieces, wo
 
     hashes = type("Worst", (EveryKeyCollides, KeyHashes), {})() if worst_hash else KeyHashes()
     for piece in pieces:
-        hashes.add(pl.Series(piece, dtype=pl.String))
+        hashes.add(pl.Series(piece, dtype=pl.String), "piece")
     read_again = []
 
     def read_ids(index):
@@ -102,3 +102,17 @@ def test_key_hashes_over_pieces_find_what_one_pass_over_all_ids_finds(pieces, wo
     assert read_again == sorted(set(read_again))  # each piece at most once, in order
     if not found and not worst_hash:
         assert read_again == []  # no repeated key: polars' hash of distinct keys did not collide here
+
+
+def test_a_file_whose_ids_change_between_the_two_reads_is_named():
+    """The ids of a file with a possible repeat are read again; a file rewritten in between (other
+    row count) is an error naming it, not repeats found at the wrong rows."""
+    import pytest
+    from fastwds.convert.plan import KeyHashes
+    from fastwds.errors import InvalidInputError
+
+    hashes = KeyHashes()
+    hashes.add(pl.Series(["a", "b"]), "first.parquet")
+    hashes.add(pl.Series(["c", "a"]), "second.parquet")
+    with pytest.raises(InvalidInputError, match=r"first\.parquet: changed while planning \(2 ids, then 3\)"):
+        hashes.find_repeated(lambda index: pl.Series(["a", "b", "x"] if index == 0 else ["c", "a"]))

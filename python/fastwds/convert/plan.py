@@ -170,13 +170,16 @@ class KeyHashes:
 
     def __init__(self) -> None:
         self._pieces: list[np.ndarray] = []
+        self._names: list[str] = []
 
-    def add(self, ids: pl.Series) -> None:
+    def add(self, ids: pl.Series, name: str) -> None:
+        """Add a piece: ``ids`` in input order, from ``name`` (the file, for messages)."""
         frame = _keyed(ids)
         hashes = np.zeros(len(ids), dtype=np.uint64)  # 0: a null or empty id (a missing_id reject)
         # A key hashing to 0 becomes 1: at worst an extra candidate, checked exactly like the others.
         hashes[frame["position"].to_numpy()] = np.maximum(self.hash_keys(frame["key"]), 1)
         self._pieces.append(hashes)
+        self._names.append(name)
 
     @staticmethod
     def hash_keys(keys: pl.Series) -> np.ndarray:
@@ -207,8 +210,8 @@ class KeyHashes:
             if len(local):
                 piece_ids = read_ids(index)
                 if len(piece_ids) != length:
-                    raise InvalidInputError(f"the ids of input piece {index} changed while planning "
-                                            f"({length} rows, then {len(piece_ids)}); plan again")
+                    raise InvalidInputError(f"{self._names[index]}: changed while planning ({length:,} ids, "
+                                            f"then {len(piece_ids):,}); convert again once it stays as it is")
                 positions.append(local + start)
                 ids.append(piece_ids.cast(pl.String).gather(local))
             start += length

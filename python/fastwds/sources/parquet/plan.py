@@ -127,7 +127,7 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
                                 remaining -= rows
                         first += group.num_rows
                     if taken:
-                        id_hashes.add(read_id_column(path, parquet, taken, columns.id))
+                        id_hashes.add(read_id_column(path, parquet, taken, columns.id), path)
                         id_reads.append((path, taken))
             except InvalidInputError:
                 raise

@@ -111,7 +111,7 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
         starts, stops, ids = array("q"), array("q"), []
 
         def add_ids() -> None:
-            id_hashes.add(pl.Series(ids, dtype=pl.String))
+            id_hashes.add(pl.Series(ids, dtype=pl.String), path)
             id_pieces.append((number, len(starts) - len(ids)))
             ids.clear()
         rows = iter_rows(path) if limit is None or position < limit else iter(())
