@@ -121,8 +121,11 @@ def sft_media(tmp_path) -> Path:
     os.mkfifo(root / "images" / "fifo.jpg")
     (tmp_path / "secret.jpg").write_bytes(jpeg_bytes(seed=9))  # outside the dataset folder
     (root / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    (tmp_path / "sft-other").mkdir()  # a sibling whose path starts with the root's: still outside
+    (tmp_path / "sft-other" / "x.jpg").write_bytes(jpeg_bytes(seed=10))
     rows = {"ok": "images/ok.jpg", "fifo": "images/fifo.jpg", "zero": "/dev/zero", "climb": "../secret.jpg",
-            "absolute": str(tmp_path / "secret.jpg"), "link": "images/link.jpg", "big": "images/big.png"}
+            "absolute": str(tmp_path / "secret.jpg"), "link": "images/link.jpg", "big": "images/big.png",
+            "sibling": "../sft-other/x.jpg"}
     (root / "data.jsonl").write_text("".join(json.dumps({"id": i, "image": p, "messages": chat("<image>")}) + "\n"
                                              for i, p in rows.items()))
     return root
@@ -134,7 +137,8 @@ def test_media_that_is_not_a_regular_file_or_outside_the_root_is_refused(sft_med
     found = rejects(out)
     assert {i: r["reason"] for i, r in found.items()} == {
         "fifo": "media_unreadable", "zero": "media_outside_root", "climb": "media_outside_root",
-        "absolute": "media_outside_root", "link": "media_outside_root", "big": "media_too_large"}
+        "absolute": "media_outside_root", "link": "media_outside_root", "big": "media_too_large",
+        "sibling": "media_outside_root"}
     assert "FIFO" in found["fifo"]["detail"] and "secret.jpg" in found["link"]["detail"]
     assert accounted(out)["samples"] == 1
 
@@ -145,7 +149,7 @@ def test_outside_paths_are_read_when_allowed_but_never_devices(sft_media, tmp_pa
     found = rejects(out)
     assert {i: r["reason"] for i, r in found.items()} == {"fifo": "media_unreadable", "zero": "media_unreadable"}
     assert "a device" in found["zero"]["detail"]
-    assert accounted(out)["samples"] == 5
+    assert accounted(out)["samples"] == 6
 
 
 # -- verify and the reader ------------------------------------------------------------------------

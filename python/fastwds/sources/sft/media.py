@@ -70,7 +70,9 @@ def outside_root(path: str, root: str | None) -> Problem | None:
     if storage.is_url(root):
         return Problem("media_outside_root", f"{path}: a local file, outside the media root {root}")
     real = real_path(path)
-    if os.path.commonpath([real, root]) != root:
+    # Both are absolute and normalised (realpath), so a prefix test is exact: os.path.commonpath
+    # took as long as resolving the path (~3.5 us per file, with the GIL held).
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
         return Problem("media_outside_root", f"{path}: resolves to {real}, outside the media root {root} "
                                              "(--media-root DIR, or --allow-media-outside-root)")
     return None
