@@ -58,7 +58,8 @@ class SourceFile:
 
 def changed_files(input_root: str, files: Sequence[SourceFile], at_once: int = 32) -> list[str]:
     """The files whose size or identity (mtime, or an object's ETag) is no longer the plan's, or
-    that are gone: stat'ed ``at_once`` at a time (HEAD requests for a bucket's objects)."""
+    that are gone. Objects in a bucket are HEAD requests, ``at_once`` at a time; local files are
+    stat'ed in turn (a thread hand-off would cost more than the stat)."""
     def location(file: SourceFile) -> str:
         return file.path if os.path.isabs(file.path) or storage.is_url(file.path) else \
             storage.join(input_root, file.path)
@@ -71,6 +72,8 @@ def changed_files(input_root: str, files: Sequence[SourceFile], at_once: int = 3
         return (now.size, now.mtime_ns if file.etag is None else now.etag) != \
             (file.size, file.mtime_ns if file.etag is None else file.etag)
 
+    if not any(storage.is_url(location(f)) for f in files):
+        return [location(f) for f in files if changed(f)]
     with ThreadPoolExecutor(at_once) as pool:
         return [location(f) for f, is_changed in zip(files, pool.map(changed, files)) if is_changed]
 
