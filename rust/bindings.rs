@@ -449,6 +449,13 @@ fn portable_key(sample_id: &str) -> String {
     key::portable_key(sample_id)
 }
 
+/// `portable_key` of each id: one call for a whole column of ids that are not their own key
+/// (planning 1M path-like ids: a Python call per id took 1.2 s).
+#[pyfunction]
+fn portable_keys(sample_ids: Vec<String>) -> Vec<String> {
+    sample_ids.iter().map(|id| key::portable_key(id)).collect()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -459,6 +466,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BinaryColumn>()?;
     m.add_class::<PyInflater>()?;
     m.add_function(wrap_pyfunction!(portable_key, m)?)?;
+    m.add_function(wrap_pyfunction!(portable_keys, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_images, m)?)?;
     m.add_function(wrap_pyfunction!(read_files, m)?)?;
     m.add("SampleError", py.get_type::<SampleError>())?;

@@ -25,6 +25,22 @@ def test_keys_are_portable(sample_id):
         assert key == sample_id
 
 
+@given(st.lists(st.text(max_size=120), max_size=40))
+def test_portable_keys_is_portable_key_of_each_id(ids):
+    from fastwds import _core
+
+    assert _core.portable_keys(ids) == [fastwds.portable_key(sample_id) for sample_id in ids]
+
+
+def test_derived_keys_keep_their_form():
+    """Keys of ids that are not their own key: readable slug, '--', 16 hex digits of sha256(id)."""
+    import hashlib
+
+    for sample_id in ("coco/train2017/000000000001.jpg", "ünïcode id", "", "a.b", "x" * 300):
+        assert fastwds.portable_key(sample_id).rsplit("--", 1)[1] == \
+            hashlib.sha256(sample_id.encode()).hexdigest()[:16]
+
+
 @given(st.lists(st.one_of(st.text(max_size=90), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,85}(--[0-9a-f]{16})?",
                                                              fullmatch=True)), max_size=30))
 def test_repeated_keys_are_found_as_one_python_pass_finds_them(ids):
@@ -116,3 +132,15 @@ def test_a_file_whose_ids_change_between_the_two_reads_is_named():
     hashes.add(pl.Series(["c", "a"]), "second.parquet")
     with pytest.raises(InvalidInputError, match=r"first\.parquet: changed while planning \(2 ids, then 3\)"):
         hashes.find_repeated(lambda index: pl.Series(["a", "b", "x"] if index == 0 else ["c", "a"]))
+
+
+def test_derived_keys_made_in_pieces_line_up_with_their_rows(monkeypatch):
+    """Ids that are not their own key get theirs from Rust KEYS_AT_ONCE at a time: with pieces of
+    4, every row still gets its own id's key, so repeats are found at the same rows."""
+    import fastwds.convert.plan as plan
+
+    ids = [f"img/{i % 17}.jpg" if i % 3 else f"row-{i}" for i in range(60)]
+    expected = plan.find_repeated_keys(pl.Series(ids))
+    monkeypatch.setattr(plan, "KEYS_AT_ONCE", 4)
+    assert plan._keyed(pl.Series(ids))["key"].to_list() == [fastwds.portable_key(i) for i in ids]
+    assert plan.find_repeated_keys(pl.Series(ids)) == expected and len(expected) == 40 - 17

@@ -145,13 +145,15 @@ def cut_tasks(subset: str, groups: Sequence[RowGroup], max_rows: int, max_bytes:
 # Ids kept as their own key (rust/key.rs `is_portable`): polars tests these without a Python call per id.
 PORTABLE_ID = rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{_core.MAX_KEY_LEN - 1}}}$"
 DERIVED_KEY_SUFFIX = r"--[0-9a-f]{16}$"
+# Ids turned into derived keys by one Rust call.
+KEYS_AT_ONCE = 16384
 
 
 def _keyed(ids: pl.Series, positions: pl.Series | None = None) -> pl.DataFrame:
     """``position`` (``positions``, else the index in ``ids``), ``id`` and shard ``key`` of every id
     that is neither null nor empty (those rows are rejected as ``missing_id``). Ids that are
     already portable keys are their own key (a polars regex decides); only the others go through
-    ``portable_key`` one by one."""
+    ``portable_keys``, one Rust call for all of them."""
     frame = pl.DataFrame({"id": ids.cast(pl.String)})
     frame = frame.with_row_index("position") if positions is None else frame.with_columns(position=positions)
     frame = frame.filter(pl.col("id").is_not_null() & (pl.col("id") != ""))
@@ -159,7 +161,10 @@ def _keyed(ids: pl.Series, positions: pl.Series | None = None) -> pl.DataFrame:
     derived = frame.filter(~portable)
     frame = frame.filter(portable).with_columns(key=pl.col("id"))
     if len(derived):
-        derived = derived.with_columns(key=pl.col("id").map_elements(_core.portable_key, return_dtype=pl.String))
+        ids = derived["id"]  # in pieces: a Python list of every id at once would be the peak
+        keys = [pl.Series(_core.portable_keys(ids.slice(start, KEYS_AT_ONCE).to_list()), dtype=pl.String)
+                for start in range(0, len(ids), KEYS_AT_ONCE)]
+        derived = derived.with_columns(key=pl.concat(keys))
         frame = pl.concat([frame, derived]).sort("position")
     return frame
 
