@@ -5,8 +5,10 @@ only metadata (row groups, sizes) and the id column (duplicate ids across the wh
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,44 +112,48 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
         groups: list[RowGroup] = []
         for entry in entries:
             relative, path = entry.relative, storage.join(root, entry.relative)
-            try:
-                with storage.readable(path) as source:
-                    parquet = pq.ParquetFile(source)
-                    metadata = parquet.metadata
-                    check_schema(path, metadata.schema, columns)
-                    first, taken = 0, []
-                    for i in range(metadata.num_row_groups):
-                        group = metadata.row_group(i)
-                        rows = group.num_rows if remaining is None else min(group.num_rows, remaining)
-                        if rows:
-                            groups.append(RowGroup(relative, first, rows,
-                                                   group.total_byte_size * rows // max(group.num_rows, 1)))
-                            taken.append((i, rows))
-                            if remaining is not None:
-                                remaining -= rows
-                        first += group.num_rows
-                    if taken:
-                        id_hashes.add(read_id_column(path, parquet, taken, columns.id), path)
-                        id_reads.append((path, taken))
-            except InvalidInputError:
-                raise
-            except Exception as error:  # pyarrow raises ArrowInvalid/OSError for damaged files
-                raise InvalidInputError(f"{path}: not a readable parquet file: {first_line(error)}") from error
+            with open_parquet(path) as parquet:
+                metadata = parquet.metadata
+                check_schema(path, metadata.schema, columns)
+                first, taken = 0, []
+                for i in range(metadata.num_row_groups):
+                    group = metadata.row_group(i)
+                    rows = group.num_rows if remaining is None else min(group.num_rows, remaining)
+                    if rows:
+                        groups.append(RowGroup(relative, first, rows,
+                                               group.total_byte_size * rows // max(group.num_rows, 1)))
+                        taken.append((i, rows))
+                        if remaining is not None:
+                            remaining -= rows
+                    first += group.num_rows
+                if taken:
+                    id_hashes.add(read_id_column(path, parquet, taken, columns.id), path)
+                    id_reads.append((path, taken))
             files.append(SourceFile(relative, entry.size, entry.mtime_ns, metadata.num_rows, entry.etag))
         tasks.extend(cut_tasks(subset, groups, max_rows, max_bytes))
     input_root = root if storage.is_url(root) else str(Path(root).resolve())
+
     def read_again(index: int) -> pl.Series:
         path, taken = id_reads[index]
-        try:
-            with storage.readable(path) as source:
-                return read_id_column(path, pq.ParquetFile(source), taken, columns.id)
-        except InvalidInputError:
-            raise
-        except Exception as error:
-            raise InvalidInputError(f"{path}: not a readable parquet file: {first_line(error)}") from error
+        with open_parquet(path) as parquet:
+            return read_id_column(path, parquet, taken, columns.id)
 
     repeated = id_hashes.find_repeated(read_again)
     return Plan("parquet", input_root, tuple(files), attach_rejections(tasks, repeated))
+
+
+@contextlib.contextmanager
+def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
+    """A parquet file (local or in a bucket) to read from inside the block; anything that fails
+    in it but a fastwds error says the file is not readable parquet (pyarrow raises ArrowInvalid
+    or OSError for damaged files)."""
+    try:
+        with storage.readable(path) as source:
+            yield pq.ParquetFile(source)
+    except InvalidInputError:
+        raise
+    except Exception as error:
+        raise InvalidInputError(f"{path}: not a readable parquet file: {first_line(error)}") from error
 
 
 def first_line(error: Exception) -> str:
