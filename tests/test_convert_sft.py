@@ -15,7 +15,8 @@ from fastwds.convert.options import ConvertOptions
 from fastwds.convert.run import convert
 from fastwds.reasons import REJECT_REASONS as REASONS
 from fastwds.sources.sft import SftOptions, check_names_agree, plan_sft
-from fastwds.sources.sft.rows import read_slice
+from fastwds import storage
+from fastwds.sources.sft.rows import slice_rows
 from fastwds.video import VideoInfo, inspect_video
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -223,7 +224,9 @@ def test_each_task_reads_exactly_its_rows_from_its_byte_range(tmp_path, rows, in
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
     plan = plan_sft([str(path)], SftOptions(energon=False), per_task, 10**9)
     read = [row for task in plan.tasks for piece in task.slices
-            for row in read_slice(str(tmp_path / piece.file), piece, not jsonl)]
+            for row in slice_rows(str(tmp_path / piece.file),
+                                  storage.read_range(str(tmp_path / piece.file), piece.byte_start, piece.byte_stop),
+                                  piece, not jsonl)]
     assert read == rows
 
 

@@ -167,13 +167,12 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
             batch = BatchBuilder(piece.file, piece.start, options.batch_rows)
             done = 0  # rows of the slice handed to the reader
             while group := list(itertools.islice(values, GROUP_ROWS)):
-                for index, value in enumerate(group):
-                    if value is None and task_row + done + index not in bad_json:  # it parsed when planned
-                        raise InvalidInputError(f"{path}: changed since the plan (row {piece.start + done + index} "
-                                                "no longer parses)")
-                rows = [describe_row(piece.file, piece.start + done + index, value,
-                                     task_row + done + index in rejected, sft, parent(path))
-                        for index, value in enumerate(group)]
+                rows = []
+                for number, value in enumerate(group, done):  # the row's number in the slice
+                    offset, row = task_row + number, piece.start + number  # in the task, in the file
+                    if value is None and offset not in bad_json:  # it parsed when planned
+                        raise InvalidInputError(f"{path}: changed since the plan (row {row} no longer parses)")
+                    rows.append(describe_row(piece.file, row, value, offset in rejected, sft, parent(path)))
                 done += len(group)
                 ahead.append(asyncio.ensure_future(reader.read_group(rows)))
                 if len(ahead) >= GROUPS_AHEAD:

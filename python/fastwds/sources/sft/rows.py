@@ -178,11 +178,6 @@ def _iter_array(local: Path, path: str) -> Iterator[tuple[int, int, Any]]:
         raise InvalidInputError(f"{path}: unexpected text after the closing ']'")
 
 
-def read_slice(path: str, piece: ByteSlice, array_file: bool) -> list[Any]:
-    """The rows of one slice, reading only its bytes (one ranged GET for an object)."""
-    return list(slice_rows(path, storage.read_range(path, piece.byte_start, piece.byte_stop), piece, array_file))
-
-
 def slice_rows(path: str, data: bytes, piece: ByteSlice, array_file: bool) -> Iterator[Any]:
     """The rows in a slice's bytes, parsed one by one as they are taken: a task's first media
     reads start once its first rows are parsed, not all of them (parsing 6,000 rows first kept the
