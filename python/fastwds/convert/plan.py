@@ -64,18 +64,19 @@ def changed_files(input_root: str, files: Sequence[SourceFile], at_once: int = 3
         return file.path if os.path.isabs(file.path) or storage.is_url(file.path) else \
             storage.join(input_root, file.path)
 
-    def changed(file: SourceFile) -> bool:
+    def changed(file: SourceFile, place: str) -> bool:
         try:
-            now = storage.stat_file(location(file))
+            now = storage.stat_file(place)
         except OSError:
             return True
         return (now.size, now.mtime_ns if file.etag is None else now.etag) != \
             (file.size, file.mtime_ns if file.etag is None else file.etag)
 
-    if not any(storage.is_url(location(f)) for f in files):
-        return [location(f) for f in files if changed(f)]
+    locations = [location(f) for f in files]
+    if not any(storage.is_url(place) for place in locations):
+        return [place for file, place in zip(files, locations) if changed(file, place)]
     with ThreadPoolExecutor(at_once) as pool:
-        return [location(f) for f, is_changed in zip(files, pool.map(changed, files)) if is_changed]
+        return [place for place, is_changed in zip(locations, pool.map(changed, files, locations)) if is_changed]
 
 
 @dataclass(frozen=True)
