@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import random
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 from conftest import jpeg_bytes, png_bytes
+from parquet_data import png_with_size
 from fastwds.media import decode_problem
 from PIL import Image
 
@@ -50,3 +53,19 @@ def test_png_decode_failure_names_the_reason():
         data[i] ^= 0x5A
     problem = decode_problem(bytes(data))
     assert problem is not None and problem.reason == "image_decode_failed" and "Pillow" in problem.detail
+
+
+def test_an_image_over_pillows_pixel_limit_is_a_decode_failure():
+    with warnings.catch_warnings():  # as outside pytest (which makes warnings errors): Pillow only warns
+        warnings.simplefilter("ignore")
+        problem = decode_problem(png_with_size(20_000, 20_000))  # 400 megapixels, over its 300M
+    assert problem is not None and problem.reason == "image_decode_failed" and "20000x20000" in problem.detail
+
+
+def test_decoding_in_threads_leaves_the_warning_filters_alone():
+    """Decodes run on a pool: they must not change process-wide state such as the warning
+    filters (warnings.catch_warnings in threads leaked an 'error' filter into the process)."""
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(4) as pool:
+        assert not any(pool.map(decode_problem, [jpeg_bytes(32, 32, seed=s % 7) for s in range(4000)]))
+    assert warnings.filters == before

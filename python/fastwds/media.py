@@ -9,7 +9,6 @@ same ``PIL`` name, so it is used automatically when it is the installed Pillow.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
@@ -69,12 +68,16 @@ def decode_problem(data: bytes) -> Problem | None:
     produce fewer pixels. It rejects exactly what a full-size decode rejects (a test checks this
     on damaged JPEGs) at about 1.4x the speed."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.format == "JPEG":
-                    image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
-                image.load()
+        with Image.open(io.BytesIO(data)) as image:
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that. Checked here, not by
+            # turning the warning into an error: warnings.catch_warnings changes the process's
+            # filters, which is not thread-safe (decodes run in threads: the filter leaked).
+            if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+                return Problem("image_decode_failed", f"Pillow cannot decode the image: {image.width}x{image.height} "
+                                                      f"is more than its {Image.MAX_IMAGE_PIXELS:,} pixels")
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
     except Exception as error:  # Pillow raises many types for corrupt data: all mean "cannot decode"
         return Problem("image_decode_failed", f"Pillow cannot decode the image: {error}")
     return None
