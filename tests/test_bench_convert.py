@@ -58,7 +58,7 @@ def test_generated_dataset_every_runner_scaling_and_targets(tmp_path):
     params = report["params"]
     assert params["rows"] == 200 and params["generated"] and params["workers"] == [1, 2]
     assert 0 < params["broken_rows"] < 30
-    full = bench_convert.fastwds_name("full", bench_convert.target_workers([1, 2]))
+    full = bench_convert.fastwds_name("full", bench_convert.target_workers([1, 2], "full"))
     names = ["fastwds convert, 1 worker", "fastwds convert, 2 workers",
              full, bench_convert.PEER, bench_convert.FLOOR,
              bench_convert.DECODE]
@@ -263,8 +263,17 @@ def test_floor_reads_exactly_the_limited_rows(tmp_path):
     assert image_bytes < written < image_bytes * 1.05
 
 
+def test_each_mode_runs_with_fastwds_default_worker_count_for_it(monkeypatch):
+    monkeypatch.setattr(bench_convert, "default_workers", lambda decoding=False: 4 if decoding else 2)
+    assert [bench_convert.target_workers(None, mode) for mode in ("default", "full", "reencode", "resize")] == \
+        [2, 4, 4, 4]
+    assert bench_convert.target_workers([1, 4], "full") == 4 and bench_convert.target_workers([1, 4]) == 4
+    assert bench_convert.target_workers([1, 2], "full") == 2 and bench_convert.target_workers([1, 2]) == 2
+    assert bench_convert.default_mode_workers(None) == [2] and bench_convert.default_mode_workers([1, 3]) == [1, 3]
+
+
 def test_scaling_line_and_targets_from_summaries(monkeypatch):
-    monkeypatch.setattr(bench_convert, "default_workers", lambda: 3)  # not measured: the largest count is used
+    monkeypatch.setattr(bench_convert, "default_workers", lambda decoding=False: 3)  # not measured: the largest count is used
 
     def summary(rate, x_floor=None, x_peer=None, mb=1.0):
         return {"samples_per_s": rate, "mb_per_s": mb, "x_floor": x_floor, "x_peer": x_peer}
@@ -289,7 +298,7 @@ def test_scaling_line_and_targets_from_summaries(monkeypatch):
     assert lines[2].startswith("full verify: fastwds convert --verify-images full, 4 workers at 90.0 MB/s is "
                                "1.80x the one-core Pillow decode rate of 50.0 MB/s (target >= 1.9x: NOT met)")
     # When fastwds' default worker count was measured, the targets speak of it: what users get.
-    monkeypatch.setattr(bench_convert, "default_workers", lambda: 1)
+    monkeypatch.setattr(bench_convert, "default_workers", lambda decoding=False: 1)
     lines = bench_convert.findings({
         "fastwds convert, 1 worker": summary(2100, x_floor=0.91, x_peer=3.0),
         "fastwds convert, 2 workers": summary(1900, x_floor=0.8, x_peer=2.6),

@@ -161,6 +161,24 @@ def test_ctrl_c_mid_run_says_how_far_and_how_to_resume(dataset, tmp_path):
     assert run_cli("verify", str(out)).returncode == 0
 
 
+@pytest.mark.parametrize("flags, per_core", [((), False), (("--verify-images", "full"), True),
+                                              (("--reencode", "jpeg"), True)])
+def test_default_worker_count_is_one_per_two_cores_or_one_per_core_when_decoding(dataset, tmp_path, flags, per_core):
+    """Decoding runs Pillow on threads that need the GIL between images: one process per core."""
+    cores = os.cpu_count() or 1
+    default = cores if per_core else max(1, cores // 2)
+    help_text = run_cli("convert", "parquet", "--help").stdout
+    assert f"one per two cores, here {max(1, cores // 2)}; one per core" in " ".join(help_text.split())
+    result = run_cli("convert", "parquet", str(dataset), str(tmp_path / "out"), "--max-samples-per-shard", "500",
+                     "--limit", "1000", *flags, "--no-progress", "--log-level", "DEBUG")
+    tasks = int(re.search(r"plan: (\d+) task", result.stderr).group(1))
+    assert tasks >= 2, result.stderr
+    workers = min(default, tasks)
+    expected = f"{tasks} task(s) on {workers} worker processes" if workers > 1 else \
+        f"{tasks} task(s), one at a time in this process"
+    assert expected in result.stderr, result.stderr
+
+
 @pytest.fixture(scope="module")
 def shards(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli-shards") / "out"

@@ -348,20 +348,27 @@ def describe_other(kind: str, path: Path, limit: int | None) -> BenchInput:
                               "rows": rows})
 
 
-def target_workers(workers: list[int]) -> int:
-    """The worker count the targets and the other modes use: fastwds' default when it was
-    measured (what users get), else the largest."""
-    return default_workers() if default_workers() in workers else max(workers)
+def target_workers(workers: list[int] | None, mode: str = "default") -> int:
+    """The worker count a mode runs with and the targets speak of: fastwds' default for the mode
+    (what users get; one per core for the image modes) when ``workers`` is None or lists it,
+    else the largest count listed."""
+    default = default_workers(decoding=mode in IMAGE_MODES)
+    return default if workers is None or default in workers else max(workers)
 
 
-def build_suite(data: BenchInput, modes: list[str], workers: list[int], engines: list[str] = ("local",),
+def default_mode_workers(workers: list[int] | None) -> list[int]:
+    """The counts the default mode runs with: each one listed, or fastwds' default."""
+    return workers or [default_workers()]
+
+
+def build_suite(data: BenchInput, modes: list[str], workers: list[int] | None, engines: list[str] = ("local",),
                 other_pillow: PillowBuild | None = None) -> Suite:
     common = {"kind": data.kind, "input": data.path, "limit": data.limit, "rows": data.rows,
               "payload_bytes": data.payload_bytes, "maxcount": MAXCOUNT}
     checks = {"expected_rejects": data.expected_rejects}
     chosen = target_workers(workers)
-    runs = [("default", w) for w in workers] if "default" in modes else []
-    runs += [(mode, chosen) for mode in modes if mode != "default"]
+    runs = [("default", w) for w in default_mode_workers(workers)] if "default" in modes else []
+    runs += [(mode, target_workers(workers, mode)) for mode in modes if mode != "default"]
     runners = [Runner(fastwds_name(mode, count), f"{__name__}:fastwds_convert",
                       {**common, **checks, "mode": mode, "workers": count}, deterministic=True)
                for mode, count in runs]
@@ -390,7 +397,7 @@ def build_suite(data: BenchInput, modes: list[str], workers: list[int], engines:
         runners=runners,
         floor=floor,
         peer=peer,
-        params={**data.params, "modes": modes, "workers": workers, "maxcount": MAXCOUNT,
+        params={**data.params, "modes": modes, "workers": default_mode_workers(workers), "maxcount": MAXCOUNT,
                 "payload_bytes": data.payload_bytes, "shard_tasks": data.tasks},
         notes=notes(data),
         findings=lambda summaries: findings(summaries, modes, workers, data.kind, engines, other_pillow),
@@ -490,7 +497,7 @@ def other_notes(data: BenchInput) -> list[str]:
     ]
 
 
-def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int],
+def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int] | None,
              kind: str = "parquet", engines: list[str] = ("local",), other_pillow: PillowBuild | None = None) -> list[str]:
     """The scaling line and the targets, from the medians (printed, never asserted)."""
     lines = []
@@ -498,11 +505,12 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
     def verdict(value: float, what: str, target: float) -> str:
         return f"{value:.2f}x {what} (target >= {target}x: {'met' if value >= target else 'NOT met'})"
 
-    if "default" in modes and len(workers) > 1:
-        rates = {w: summaries.get(fastwds_name("default", w)) for w in workers}
+    counts = default_mode_workers(workers)
+    if "default" in modes and len(counts) > 1:
+        rates = {w: summaries.get(fastwds_name("default", w)) for w in counts}
         parts = [f"{w} worker{'s' if w > 1 else ''} " + ("FAILED" if s is None else f"{s['samples_per_s']:,.0f}/s")
                  for w, s in rates.items()]
-        first, last = rates[workers[0]], rates[workers[-1]]
+        first, last = rates[counts[0]], rates[counts[-1]]
         gain = f" ({last['samples_per_s'] / first['samples_per_s']:.2f}x)" if first and last else ""
         lines.append(f"scaling: {', '.join(parts)}{gain}")
     elif "default" in modes:
@@ -528,7 +536,7 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
                          "CPU count (the rest is Ray's per-task overhead: scheduling, a worker process per task, "
                          "progress through an actor)")
     if "full" in modes:
-        name = fastwds_name("full", target_workers(workers))
+        name = fastwds_name("full", target_workers(workers, "full"))
         full, decode = summaries.get(name), summaries.get(DECODE)
         if full is None or decode is None:
             lines.append(f"full verify: no ratio to the one-core decode rate, {name if full is None else DECODE} failed")
@@ -544,10 +552,10 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
     return lines
 
 
-def pillow_line(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int],
+def pillow_line(summaries: dict[str, dict[str, Any] | None], modes: list[str], workers: list[int] | None,
                 other: PillowBuild) -> str:
     """How the other Pillow build's runs compare with this interpreter's, run by run."""
-    names = [fastwds_name(mode, target_workers(workers)) for mode in modes if mode in IMAGE_MODES]
+    names = [fastwds_name(mode, target_workers(workers, mode)) for mode in modes if mode in IMAGE_MODES]
     names += [DECODE] if "full" in modes else []
     parts = []
     for name in names:
@@ -595,10 +603,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multi-image-share", type=share, metavar="F",
                         help=f"without INPUT: share of rows with two images (default: {DEFAULT_MULTI_IMAGE_SHARE})")
     parser.add_argument("--seed", type=int, metavar="N", help="without INPUT: generator seed (default: 0)")
-    parser.add_argument("--workers", type=comma_list(positive(int)), default=[default_workers()],
+    parser.add_argument("--workers", type=comma_list(positive(int)), default=None,
                         metavar="N,N,...", help="fastwds worker counts; each one is a runner of the "
-                        "default mode; the targets and the other modes use fastwds' default count when "
-                        "it is listed, else the largest (default: fastwds' default, one per two cores)")
+                        "default mode; the targets and the other modes use fastwds' default count for "
+                        "the mode when it is listed, else the largest (default: fastwds' defaults, one "
+                        "per two cores, one per core for full, reencode and resize)")
     parser.add_argument("--modes", type=comma_list(str, tuple(MODES)), default=["default"],
                         metavar="MODE,...", help="fastwds modes: default, full (--verify-images full, "
                         "also runs the one-core Pillow decode reference), reencode (--reencode jpeg), resize "
@@ -644,7 +653,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_on(data: BenchInput, args: argparse.Namespace) -> int:
-    suite = build_suite(data, args.modes, sorted(args.workers), args.engines, getattr(args, "other_pillow", None))
+    workers = sorted(args.workers) if args.workers else None
+    suite = build_suite(data, args.modes, workers, args.engines, getattr(args, "other_pillow", None))
     on_report = (lambda report: draw(args.plot, report)) if args.plot else None
     return run_suite(suite, repeat=args.repeat, json_path=args.report, as_json=args.json, workdir=args.dir, on_report=on_report)
 

@@ -21,14 +21,21 @@ from fastwds.progress import format_bytes
 from fastwds.sources import SOURCES, get_source
 from fastwds.sources.base import Source
 
-def default_workers() -> int:
+def default_workers(decoding: bool = False) -> int:
     """One worker process per two cores: one task's pipeline already keeps about two cores busy
-    (the reading thread, validation, the writer and its sha256 thread; in full verification two
-    decoding threads). Measured on 2 cores (12k LLaVA rows, `fastwds bench convert`): one process
-    did 1.3-1.6x the rows/s of two on the disk (two runs) and 1.45x on tmpfs, and finished full
-    verification in 0.87x the time; a second process only adds its start-up (~0.5 s of imports)
-    and contention for the same two cores."""
-    return max(1, (os.cpu_count() or 1) // 2)
+    (the reading thread, validation, the writer and its sha256 thread). Measured on 2 cores (12k
+    LLaVA rows, `fastwds bench convert`): one process did 1.3-1.6x the rows/s of two on the disk
+    (two runs) and 1.45x on tmpfs; a second process only adds its start-up (~0.5 s of imports) and
+    contention for the same two cores.
+
+    ``decoding`` (--verify-images full, --reencode): one per core. Decoding is Pillow's C code on
+    two threads per task, but each image's Python (opening, draft, checks) needs the GIL, so one
+    process kept its two cores ~90% busy; two processes each have their own GIL. Measured with the
+    CLI on the same 12k rows, tmpfs, interleaved: full verification 8.35-9.83 s with two workers
+    against 8.67-9.72 s with one (7 rounds, two faster in 6), --reencode jpeg 18.5-20.9 s against
+    22.5-26.5 s (3 rounds)."""
+    cores = os.cpu_count() or 1
+    return cores if decoding else max(1, cores // 2)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,9 +62,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                        help="finish an interrupted run; refuses if input or options changed")
     again.add_argument("--overwrite", action="store_true", help="discard an earlier run in OUTPUT_DIR")
     run.add_argument("--limit", type=positive(int), default=None, metavar="N", help="convert only the first N rows")
-    add_flag(run, "--num-workers", "--num_workers", type=positive(int), default=default_workers(), dest="num_workers",
+    add_flag(run, "--num-workers", "--num_workers", type=positive(int), default=None, dest="num_workers",
              metavar="N", help=f"worker processes with --engine local (default: one per two cores, here "
-                               f"{default_workers()})")
+                               f"{default_workers()}; one per core with --verify-images full or --reencode, "
+                               f"here {default_workers(decoding=True)})")
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     run.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     engine = parser.add_argument_group("engine (execution only: every engine writes the same bytes)")
@@ -144,11 +152,14 @@ def shared_options(args: argparse.Namespace) -> dict[str, Any]:
     """ConvertOptions fields from the flags every source shares."""
     fields = dict(max_samples_per_shard=args.max_samples_per_shard, max_shard_bytes=args.max_shard_size,
                   on_invalid=args.on_invalid, dali_index=args.dali_index, limit=args.limit,
-                  num_workers=args.num_workers, fsync=not args.no_fsync)
+                  fsync=not args.no_fsync)
+    decoding = False
     if hasattr(args, "verify_images"):  # sources whose samples carry images
         fields.update(verify_images=args.verify_images, max_image_pixels=args.max_image_pixels,
                       reencode=args.reencode, quality=args.quality,
                       max_side=args.max_side)
+        decoding = args.verify_images == "full" or args.reencode is not None
+    fields["num_workers"] = args.num_workers or default_workers(decoding)
     return fields
 
 

@@ -13,6 +13,7 @@ and ``ProcessPoolExecutor`` fails every pending task without saying which one di
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -31,6 +32,7 @@ from fastwds.errors import FastwdsError
 
 # Attempts a task gets when its worker process dies under it (a data error is never retried).
 ATTEMPTS_ON_WORKER_DEATH = 2
+log = logging.getLogger("fastwds")
 PR_SET_PDEATHSIG = 1
 
 
@@ -111,12 +113,14 @@ class LocalEngine:
 
     def run(self, jobs: Sequence[TaskJob], progress: TaskProgress) -> None:
         if self.num_workers <= 1 or len(jobs) <= 1:
+            log.debug("%d task(s), one at a time in this process", len(jobs))
             for job in jobs:
                 progress.task_finished(job.task.name, execute_task(job, progress.task_totals)["shards"])
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe once polars' threads exist
         count = min(self.num_workers, len(jobs))
         polars_threads = max(1, (os.cpu_count() or 1) // count)
+        log.debug("%d task(s) on %d worker processes", len(jobs), count)
         # Ctrl-C is the driver's to handle. Workers start with SIGINT ignored (kept through exec),
         # so none dies mid-task from the terminal's Ctrl-C; the driver stops them.
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
