@@ -155,27 +155,39 @@ def _iter_array(local: Path, path: str) -> Iterator[tuple[int, int, Any]]:
         last_char = char
         return last_byte
 
-    decoder = json.JSONDecoder()
-    position = _WHITESPACE.match(text, 1 + _WHITESPACE.match(text).end()).end()
-    if text[position:position + 1] == "]":
-        return
-    while True:
+    position = _WHITESPACE.match(text, 1 + _WHITESPACE.match(text).end()).end()  # past the '['
+    if text[position:position + 1] != "]":
         try:
-            value, end = decoder.raw_decode(text, position)
+            for start, end, value in _array_elements(text, position, closed=True):
+                yield to_byte(start), to_byte(end), value
         except json.JSONDecodeError as error:
             raise InvalidInputError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: "
                                     f"{error.msg}") from None
-        yield to_byte(position), to_byte(end), value
-        position = _WHITESPACE.match(text, end).end()
-        separator = text[position:position + 1]
-        if separator == "]":
-            break
-        if separator != ",":
-            line = text.count("\n", 0, position) + 1
-            raise InvalidInputError(f"{path}: invalid JSON at line {line}: expected ',' or ']' between rows")
-        position = _WHITESPACE.match(text, position + 1).end()
+        except ValueError as error:  # between the rows
+            raise InvalidInputError(f"{path}: invalid JSON at {error}") from None
+        position = _WHITESPACE.match(text, end).end()  # at the ']'
     if text[position + 1:].strip():
         raise InvalidInputError(f"{path}: unexpected text after the closing ']'")
+
+
+def _array_elements(text: str, position: int, closed: bool) -> Iterator[tuple[int, int, Any]]:
+    """A JSON array's elements from ``position`` (the first one's): ``(start, end, value)`` each,
+    in characters. ``closed``: they end at a ']' (a whole array; the text after it is the caller's
+    to check); else at the end of the text (the run of elements a task's slice holds). Raises
+    json.JSONDecodeError for an element that does not parse, ValueError naming the line for
+    anything else than a ',' between two elements."""
+    decoder = json.JSONDecoder()
+    last = "]" if closed else ""
+    while True:
+        value, end = decoder.raw_decode(text, position)
+        yield position, end, value
+        position = _WHITESPACE.match(text, end).end()
+        separator = text[position:position + 1]
+        if separator == last:
+            return
+        if separator != ",":
+            raise ValueError(f"line {text.count(chr(10), 0, position) + 1}: expected ',' or ']' between rows")
+        position = _WHITESPACE.match(text, position + 1).end()
 
 
 def slice_rows(path: str, data: bytes, piece: ByteSlice, array_file: bool) -> Iterator[Any]:
@@ -209,13 +221,7 @@ def _line_values(data: bytes) -> Iterator[Any]:
 def _array_values(data: bytes) -> Iterator[Any]:
     """The elements of a run of a JSON array's elements (``a, b, c``), one by one."""
     text = data.decode("utf-8")
-    decoder = json.JSONDecoder()
     position = _WHITESPACE.match(text).end()
-    while position < len(text):
-        value, end = decoder.raw_decode(text, position)
-        yield value
-        position = _WHITESPACE.match(text, end).end()
-        if position < len(text):
-            if text[position] != ",":
-                raise ValueError("expected ',' between rows")
-            position = _WHITESPACE.match(text, position + 1).end()
+    if position < len(text):
+        for _, _, value in _array_elements(text, position, closed=False):
+            yield value
