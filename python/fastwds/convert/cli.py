@@ -31,9 +31,9 @@ def default_workers(decoding: bool = False) -> int:
     ``decoding`` (--verify-images full, --reencode): one per core. Decoding is Pillow's C code on
     two threads per task, but each image's Python (opening, draft, checks) needs the GIL, so one
     process kept its two cores ~90% busy; two processes each have their own GIL. Measured with the
-    CLI on the same 12k rows, tmpfs, interleaved: full verification 8.35-9.83 s with two workers
-    against 8.67-9.72 s with one (7 rounds, two faster in 6), --reencode jpeg 18.5-20.9 s against
-    22.5-26.5 s (3 rounds)."""
+    CLI on the same 12k rows, tmpfs, interleaved: full verification 8.09-9.83 s (median 8.43)
+    with two workers against 8.67-9.72 s (median 8.98) with one, 7 rounds; --reencode jpeg
+    18.5-20.9 s against 22.5-26.5 s, 3 rounds."""
     cores = os.cpu_count() or 1
     return cores if decoding else max(1, cores // 2)
 
