@@ -327,6 +327,31 @@ def test_corrupt_image_needs_full(tmp_path):
     assert next(i for i in report["issues"])["member"] == "k.png"
 
 
+@pytest.mark.parametrize("batch_bytes", [1, 30_000, 10**9])  # every image its own batch ... one batch
+def test_full_decoding_reports_each_broken_image_once_whatever_the_batches(tmp_path, monkeypatch, batch_bytes):
+    """Each batch is decoded while the next is read, and reported when its decodes are back: every
+    image is checked once, each broken one reported once, under its own member, in order."""
+    from fastwds.verify import images
+
+    monkeypatch.setattr(images, "IMAGE_BATCH_BYTES", batch_bytes)
+    monkeypatch.setattr(images, "DECODE_PIECE_BYTES", batch_bytes // 3)
+    broken = corrupt_png_body(png_bytes(64, 64, "RGB"))
+    expected = []
+    for s in range(3):
+        members = []
+        for i in range(5):
+            key = f"s{s}-{i}"
+            bad = (s + i) % 3 == 0
+            members += [(f"{key}.png", broken if bad else png_bytes(32, 32, "RGB", seed=i)),
+                        (f"{key}.json", chat_json(key, 1, name=["png"]))]
+            expected += [f"{key}.png"] if bad else []
+        write_tar(tmp_path / f"shard-{s:06d}.tar", members)
+    report = verify(tmp_path, full=True)
+    assert [i.member for i in report.issues if i.code == "image_decode_failed"] == expected
+    assert report.counts == {"image_decode_failed": len(expected)}
+    assert "15 images (fully decoded)" in report.checked
+
+
 def test_truncated_image(tmp_path):
     write_tar(tmp_path / "x.tar", [("k.jpg", JPEG[: len(JPEG) // 2]), ("k.json", chat_json("k", 1))])
     code, report = plant_and_verify(tmp_path)

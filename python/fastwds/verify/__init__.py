@@ -66,11 +66,12 @@ class DatasetVerifier:
 
     def run(self) -> Report:
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fastwds-verify") if self.full else nullcontext()
-        with pool as executor:
-            images = ImageChecks(self.report, self.full, executor)
+        with pool as decoder:
+            images = ImageChecks(self.report, decoder)
             for path in self.shard_set.paths:
                 self.check_shard(path, images)
                 images.flush()
+            images.finish()
         self.sidecars.finish(self.shard_set.whole_folder)
         self.hf_columns.finish()
         if self.precision is not None:
