@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from fastwds.cores import available_cores
 from fastwds.synthetic import generate
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -165,7 +166,7 @@ def test_ctrl_c_mid_run_says_how_far_and_how_to_resume(dataset, tmp_path):
                                               (("--reencode", "jpeg"), True)])
 def test_default_worker_count_is_one_per_two_cores_or_one_per_core_when_decoding(dataset, tmp_path, flags, per_core):
     """Decoding runs Pillow on threads that need the GIL between images: one process per core."""
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     default = cores if per_core else max(1, cores // 2)
     help_text = run_cli("convert", "parquet", "--help").stdout
     assert f"one per two cores, here {max(1, cores // 2)}; one per core" in " ".join(help_text.split())
@@ -177,6 +178,24 @@ def test_default_worker_count_is_one_per_two_cores_or_one_per_core_when_decoding
     expected = f"{tasks} task(s) on {workers} worker processes" if workers > 1 else \
         f"{tasks} task(s), one at a time in this process"
     assert expected in result.stderr, result.stderr
+
+
+def test_default_worker_count_follows_the_cores_the_process_may_use(dataset, tmp_path):
+    """Under taskset (as in a container's cpuset) the defaults count the cores allowed, not the
+    host's: one core means one worker even when decoding, whatever the machine has. (CPU quotas
+    of cgroups are read by the same function, loky's cpu_count.)"""
+    one_core = {min(os.sched_getaffinity(0))}
+
+    def pinned(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fastwds", *args], capture_output=True, text=True,
+                              preexec_fn=lambda: os.sched_setaffinity(0, one_core))
+
+    assert "one per two cores, here 1; one per core with --verify-images full or --reencode, here 1)" in \
+        " ".join(pinned("convert", "parquet", "--help").stdout.split())
+    result = pinned("convert", "parquet", str(dataset), str(tmp_path / "out"), "--max-samples-per-shard", "500",
+                    "--limit", "1000", "--verify-images", "full", "--no-progress", "--log-level", "DEBUG")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\d+ task\(s\), one at a time in this process", result.stderr), result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from fastwds.bench.harness import (
 from fastwds.bench.plot import plot_scaling, require_matplotlib
 from fastwds.convert.cli import default_workers
 from fastwds.convert.run import convert
+from fastwds.cores import available_cores
 from fastwds.errors import InvalidInputError, UsageError
 from fastwds.sources import get_source
 from fastwds.sources.npz import find_volumes
@@ -183,7 +183,7 @@ def engine_for(args: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return
     import ray
 
-    cpus = min(os.cpu_count() or 1, 2 * args["workers"])
+    cpus = min(available_cores(), 2 * args["workers"])
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
         yield {"engine": "ray", "engine_settings": {"task_cpus": cpus / args["workers"]}}
@@ -482,7 +482,7 @@ def other_notes(data: BenchInput) -> list[str]:
             if data.kind == "sft" else "each volume np.load-ed, cast to float16 and np.save-d, with a small json")
     floor = ("the rows' JSON bytes and every media file they name (found before the clock starts) read and "
              "written to one file" if data.kind == "sft" else f"every volume np.load-ed and cast to float16 by "
-             f"{os.cpu_count()} processes (one per core), the bytes written to one file")
+             f"{available_cores()} processes (one per core), the bytes written to one file")
     return [
         f"payload = the {data.payload_bytes / 1e6:,.1f} MB of {PAYLOAD[data.kind]} of those "
         f"{'rows' if data.kind == 'sft' else 'volumes'}, the same for every runner, so MB/s ratios are time "
@@ -546,7 +546,7 @@ def findings(summaries: dict[str, dict[str, Any] | None], modes: list[str], work
             reference = f"the one-core Pillow decode rate of {decode['mb_per_s']:,.1f} MB/s"
             lines.append(f"full verify: {name} at {full['mb_per_s']:,.1f} MB/s is "
                          f"{verdict(ratio, reference, TARGET_FULL_X_DECODE)}; the target is for 2 cores, "
-                         f"this machine has {os.cpu_count()}")
+                         f"this machine has {available_cores()}")
     if other_pillow is not None:
         lines.append(pillow_line(summaries, modes, workers, other_pillow))
     return lines

@@ -25,6 +25,7 @@ from fastwds.bench.harness import Clock, make_durable, manifest_shard_digests, w
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Plan
 from fastwds.convert.run import convert
+from fastwds.cores import available_cores
 from fastwds.sources import get_source
 from fastwds.sources.npz import NpzOptions, find_volumes, volume_key
 from fastwds.sources.sft import SftOptions
@@ -213,7 +214,7 @@ def npz_floor(args: dict[str, Any], out_dir: Path, clock: Clock) -> dict[str, An
 
     paths = [str(Path(args["input"], relative)) for relative in npz_volumes(args["input"], args["limit"])]
     with clock:
-        with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool, \
+        with ProcessPoolExecutor(available_cores(), mp_context=multiprocessing.get_context("spawn")) as pool, \
                 open(out_dir / "volumes.bin", "wb") as out:
             for data in pool.map(inflate_and_cast, paths):
                 write_in_pieces(out, data)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import fastwds
+from fastwds.cores import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def machine_info(workdir: str | Path | None = None) -> dict[str, Any]:
         pass
     out_dir = os.path.realpath(workdir or tempfile.gettempdir())
     return {
-        "cores": os.cpu_count(),
+        "cores": available_cores(),
         "cpu": cpu,
         "python": platform.python_version(),
         "fastwds": fastwds.__version__,

@@ -15,6 +15,7 @@ from typing import Any
 from fastwds import storage
 from fastwds.arguments import add_flag, non_negative, parse_size, parents, positive
 from fastwds.convert.options import ON_INVALID
+from fastwds.cores import available_cores
 from fastwds.convert.run import ConversionInterrupted, convert
 from fastwds.errors import NothingWrittenError
 from fastwds.progress import format_bytes
@@ -34,7 +35,7 @@ def default_workers(decoding: bool = False) -> int:
     CLI on the same 12k rows, tmpfs, interleaved: full verification 8.09-9.83 s (median 8.43)
     with two workers against 8.67-9.72 s (median 8.98) with one, 7 rounds; --reencode jpeg
     18.5-20.9 s against 22.5-26.5 s, 3 rounds."""
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     return cores if decoding else max(1, cores // 2)
 
 

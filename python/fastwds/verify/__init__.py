@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
+from fastwds.cores import available_cores
 from fastwds.tar.names import split_name
 from fastwds.tar.scanner import TarScanner, group_samples
 from fastwds.tar.shards import expand_shards
@@ -56,7 +57,7 @@ class DatasetVerifier:
         self.report = Report()
         self.precision = PrecisionChecks(self.report, self.shard_set.root, source_root) if check_precision else None
         self.full = full
-        self.threads = threads or min(8, os.cpu_count() or 1)
+        self.threads = threads or min(8, available_cores())
         self.sidecars = Sidecars(self.shard_set.root, self.report.add)
         self.hf_columns = HfColumns(self.report, self.shard_set.root)
         # Keys of every shard so far, as 16-byte digests (a dataset can have tens of millions of

@@ -28,6 +28,7 @@ from typing import Any
 
 from fastwds.convert.engines import TaskFailed, TaskProgress
 from fastwds.convert.execute import TaskJob, execute_task
+from fastwds.cores import available_cores
 from fastwds.errors import FastwdsError
 
 # Attempts a task gets when its worker process dies under it (a data error is never retried).
@@ -119,7 +120,7 @@ class LocalEngine:
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe once polars' threads exist
         count = min(self.num_workers, len(jobs))
-        polars_threads = max(1, (os.cpu_count() or 1) // count)
+        polars_threads = max(1, available_cores() // count)
         log.debug("%d task(s) on %d worker processes", len(jobs), count)
         # Ctrl-C is the driver's to handle. Workers start with SIGINT ignored (kept through exec),
         # so none dies mid-task from the terminal's Ctrl-C; the driver stops them.
