@@ -204,13 +204,20 @@ class KeyHashes:
         lengths = [len(piece) for piece in self._pieces]
         every = np.concatenate(self._pieces) if self._pieces else np.zeros(0, dtype=np.uint64)
         self._pieces = []  # every holds them now
-        ordered = np.sort(every)
-        repeated = ordered[1:][(ordered[1:] == ordered[:-1]) & (ordered[1:] != 0)]
+        ordered = np.sort(every)  # sorting finds whether any hash repeats (sort: faster than argsort)
+        repeats = ((ordered[1:] == ordered[:-1]) & (ordered[1:] != 0)).any()  # 0: no id
         del ordered
-        if not len(repeated):
+        if not repeats:
             return {}
-        candidates = np.flatnonzero(np.isin(every, repeated))
+        # Which rows: both of each equal pair in hash order, back in input order. (np.isin of
+        # every hash against the repeated ones took 1.5 s of 12.8 for 4M ids, 3M of them repeated.)
+        order = np.argsort(every, kind="stable")
+        ordered = every[order]
         del every
+        same = (ordered[1:] == ordered[:-1]) & (ordered[1:] != 0)
+        del ordered
+        candidates = np.sort(order[np.concatenate(([False], same)) | np.concatenate((same, [False]))])
+        del order, same
         positions: list[np.ndarray] = []
         ids: list[pl.Series] = []
         start = 0
