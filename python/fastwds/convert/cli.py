@@ -15,8 +15,8 @@ from typing import Any
 from fastwds import storage
 from fastwds.arguments import add_flag, non_negative, parse_size, parents, positive
 from fastwds.convert.options import ON_INVALID
-from fastwds.cores import available_cores
 from fastwds.convert.run import ConversionInterrupted, convert
+from fastwds.cores import available_cores
 from fastwds.errors import NothingWrittenError
 from fastwds.progress import format_bytes
 from fastwds.sources import SOURCES, get_source

@@ -164,6 +164,7 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
             array_file = await asyncio.to_thread(is_json_array, path)
             data = await asyncio.to_thread(storage.read_range, path, piece.byte_start, piece.byte_stop)
             values = slice_rows(path, data, piece, array_file)
+            json_dir = parent(path)  # the rows' relative media paths start here
             batch = BatchBuilder(piece.file, piece.start, options.batch_rows)
             done = 0  # rows of the slice handed to the reader
             while group := list(itertools.islice(values, GROUP_ROWS)):
@@ -172,7 +173,7 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
                     offset, row = task_row + number, piece.start + number  # in the task, in the file
                     if value is None and offset not in bad_json:  # it parsed when planned
                         raise InvalidInputError(f"{path}: changed since the plan (row {row} no longer parses)")
-                    rows.append(describe_row(piece.file, row, value, offset in rejected, sft, parent(path)))
+                    rows.append(describe_row(piece.file, row, value, offset in rejected, sft, json_dir))
                 done += len(group)
                 ahead.append(asyncio.ensure_future(reader.read_group(rows)))
                 if len(ahead) >= GROUPS_AHEAD:
