@@ -256,6 +256,43 @@ def test_data_errors_exit_1_with_one_line(tmp_path):
     assert line.startswith(f"fastwds: error: {tmp_path / 'missing'}: no such file or folder"), line
 
 
+@pytest.mark.parametrize("source", ["parquet", "sft"])
+def test_an_input_without_rows_is_no_success(tmp_path, source):
+    """0 samples is never a success: an input with no rows at all fails before writing anything."""
+    if source == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        (tmp_path / "in").mkdir()
+        pq.write_table(pa.table({"id": pa.array([], pa.string()), "conversations": pa.array([], pa.string())}),
+                       tmp_path / "in" / "empty.parquet")
+        data = tmp_path / "in"
+    else:
+        data = tmp_path / "empty.jsonl"
+        data.write_text("")
+    result = run_cli("convert", source, str(data), str(tmp_path / "out"), "--no-progress", check=False)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("fastwds: error: ") and "the input has no rows (1 file(s), 0 rows)" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_removes_the_temporary_files_a_killed_run_left(dataset, tmp_path):
+    """A run killed while writing a dataset file or a task record leaves it under a temporary name
+    (``NAME.PID-THREAD.partial``); the next run on the folder (it holds the run lock) removes them,
+    and nothing else."""
+    out = tmp_path / "out"
+    args = ["convert", "parquet", str(dataset), str(out), "--no-progress", "--limit", "200"]
+    run_cli(*args)
+    left = [out / "index.wids.json.4242-139914513623936.partial", out / ".fastwds" / "tasks" / "x.json.4242-1.partial"]
+    for path in left:
+        path.write_text("half")
+    (out / "notes.partial").write_text("the user's")
+    run_cli(*args, "--resume")
+    assert not [path for path in left if path.exists()]
+    assert (out / "notes.partial").read_text() == "the user's"
+
+
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_log_level_on_either_side_of_the_command(dataset, tmp_path, where):
     args = ["convert", "parquet", str(dataset), str(tmp_path / "out"), "--no-progress", "--limit", "50"]

@@ -5,6 +5,7 @@ rename that is lost). Task records, which ``--resume`` trusts, are written this 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -17,13 +18,29 @@ def fsync_directory(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_bytes_atomically(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary name in the same folder (unique to this
-    process and thread, so concurrent writers of the same path never share one)."""
+def temporary_name(name: str) -> str:
+    """The name ``write_bytes_atomically`` writes ``name`` under first: unique to this process
+    and thread, so concurrent writers of the same path never share one."""
     import threading
 
+    return f"{name}.{os.getpid()}-{threading.get_ident()}.partial"
+
+
+def remove_temporaries(folder: Path) -> int:
+    """Remove the temporary files a killed writer left in ``folder`` (only call this while no
+    one else can be writing there: convert holds the output's run lock). Returns how many."""
+    removed = 0
+    for path in folder.glob("*.partial"):
+        if re.search(r"\.\d+-\d+\.partial$", path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def write_bytes_atomically(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary name in the same folder."""
     path = Path(path)
-    partial = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
+    partial = path.with_name(temporary_name(path.name))
     try:
         with open(partial, "wb") as file:
             file.write(data)
@@ -31,8 +48,10 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes, fsync: bool = T
                 file.flush()
                 os.fsync(file.fileno())
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as error:
         partial.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # write() errors name no file
+            error.filename = str(path)
         raise
     if fsync:
         fsync_directory(path.parent)

@@ -222,7 +222,7 @@ def write_index_sqlite(path: Path, shards: Iterable[ShardIndex]) -> None:
     ``tar_file_id`` order."""
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
-    db = sqlite3.connect(partial)
+    db, committed = sqlite3.connect(partial), False
     try:
         for statement in SCHEMA:
             db.execute(statement)
@@ -234,10 +234,15 @@ def write_index_sqlite(path: Path, shards: Iterable[ShardIndex]) -> None:
         for statement in INDEXES:
             db.execute(statement)
         db.commit()
+        committed = True
     except sqlite3.IntegrityError as error:  # sample_key is UNIQUE across the dataset, as Energon requires
         raise FastwdsError(f"{path}: a sample key occurs in two shards ({error}); Energon needs unique keys") from None
+    except sqlite3.Error as error:  # a full disk, an I/O error: sqlite's own exceptions are not OSErrors
+        raise FastwdsError(f"{path}: cannot write Energon's index ({error})") from None
     finally:
         db.close()
+        if not committed:  # no half-written index left behind
+            partial.unlink(missing_ok=True)
     os.replace(partial, path)
 
 

@@ -105,9 +105,13 @@ class Attempt:
         self.dir.mkdir(parents=True)
         self.lock_fd = os.open(self.dir / ATTEMPT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)  # new and unique: never contended
-        owner = json.dumps({**holder_info(), "task": task_name, "attempt": self.id, "session": session})
-        (self.dir / ATTEMPT_OWNER).write_text(owner)
-        output.log_attempt(owner)
+        try:
+            owner = json.dumps({**holder_info(), "task": task_name, "attempt": self.id, "session": session})
+            (self.dir / ATTEMPT_OWNER).write_text(owner)
+            output.log_attempt(owner)
+        except BaseException:  # a full disk: no half-made attempt holding its lock until the process ends
+            self.close()
+            raise
 
     def staged_files(self) -> list[str]:
         """The complete files the writer left in the staging folder, sidecar indexes first and

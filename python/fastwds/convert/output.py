@@ -28,7 +28,7 @@ from typing import Any
 
 from fastwds import storage
 from fastwds.convert.layout import ATTEMPTS_DIR, LOCK_FILE, STATE_DIR, TASKS_DIR
-from fastwds.durable import fsync_directory, write_bytes_atomically
+from fastwds.durable import fsync_directory, remove_temporaries, write_bytes_atomically
 from fastwds.errors import FastwdsError
 
 log = logging.getLogger("fastwds")
@@ -92,6 +92,11 @@ class Output:
 
     def log_attempt(self, line: str) -> None:
         raise NotImplementedError
+
+    def remove_temporaries(self) -> int:
+        """Remove what writers killed mid-file left (a local folder's temporary names; an object
+        store has none: uploads appear whole). Only under the run lock."""
+        return 0
 
     def recorded_tasks(self) -> set[str]:
         """Names of the tasks that have a record (are finished)."""
@@ -169,12 +174,19 @@ class LocalOutput(Output):
         # The output's own file system: a staged file is published by a rename.
         return self.root / ATTEMPTS_DIR
 
+    def remove_temporaries(self) -> int:
+        return sum(remove_temporaries(folder) for folder in (self.root, self.root / TASKS_DIR) if folder.is_dir())
+
     def log_attempt(self, line: str) -> None:
         # One short O_APPEND write per attempt: lines from concurrent attempts do not interleave.
         path = self.root / STATE_DIR / "attempts.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as log_file:
-            log_file.write(line + "\n")
+        try:
+            with open(path, "a", encoding="utf-8") as log_file:
+                log_file.write(line + "\n")
+        except OSError as error:
+            error.filename = error.filename or str(path)  # a failed write() names no file
+            raise
 
 
 class S3Output(Output):

@@ -21,7 +21,7 @@ from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output, open_output
 from fastwds.convert.plan import Plan, changed_files
 from fastwds.convert.state import prepare_output, read_record
-from fastwds.errors import InputChangedError, NothingWrittenError
+from fastwds.errors import InputChangedError, InvalidInputError, NothingWrittenError
 from fastwds.indexes import wids_document
 from fastwds.progress import ProgressReporter
 from fastwds.reasons import check_reason
@@ -36,6 +36,9 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
     """Run ``plan`` into ``output_dir`` (a folder or an s3:// URL); returns the manifest. Holds
     the output's run lock throughout (see commit.py): a second run on the same output is refused."""
     started = time.perf_counter()
+    if not any(task.num_rows for task in plan.tasks):  # before anything is written: 0 samples is no success
+        raise InvalidInputError(f"{plan.input_root}: the input has no rows ({len(plan.files):,} file(s), 0 rows); "
+                                "nothing to convert")
     output = open_output(output_dir)
     fresh = not output.list(STATE_DIR)
     with output.lock():
@@ -48,6 +51,8 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
             raise
         if removed := remove_dead_attempts(output):
             log.info("removed the staging files of %d attempt(s) of an earlier run", removed)
+        if removed := output.remove_temporaries():
+            log.info("removed %d temporary file(s) an earlier run left", removed)
         finished = output.recorded_tasks()
         pending = [t for t in plan.tasks if t.name not in finished]
         if resumed:

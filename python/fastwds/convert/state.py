@@ -54,7 +54,7 @@ def prepare_output(output: Output, plan: Plan, options: ConvertOptions, resume: 
                                           f"run ({', '.join(changed)}); use the same options, or --overwrite")
             if previous["plan"] != wanted["plan"]:
                 raise ResumeMismatchError(f"cannot resume {output.location}: the input changed since the "
-                                          "interrupted run (files added, removed or modified); use --overwrite "
+                                          "earlier run (files added, removed or modified); use --overwrite "
                                           "to start over")
             resuming = True
     elif resume:
