@@ -440,6 +440,69 @@ def test_dali_index_sample_count_mismatch(dataset):
     assert code == 1 and error_codes(report) == {"dali_index_mismatch"}
 
 
+@pytest.mark.parametrize("damage", ["removed", "empty list", "not json", "someone else's json"])
+def test_the_wids_index_the_manifest_names_must_be_there_and_readable(dataset, damage):
+    """A broken index.wids.json used to drop out of the checks silently (it no longer said it was
+    a wids index), while wids itself fails on it."""
+    index = dataset / "index.wids.json"
+    if damage == "removed":
+        index.unlink()
+    else:
+        index.write_text({"empty list": "[]", "not json": "{not json", "someone else's json": '{"shards": []}'}[damage])
+    code, report = plant_and_verify(dataset)
+    assert code == 1 and error_codes(report) == {"wids_index_mismatch"}
+    assert "index.wids.json" in report["issues"][0]["message"]
+
+
+@pytest.mark.parametrize("damage", ["removed", "garbage"])
+def test_dali_indexes_the_manifest_says_were_written_must_be_there_and_readable(dataset, damage):
+    idx = sorted(dataset.glob("*.idx"))[1]
+    if damage == "removed":
+        idx.unlink()
+    else:
+        idx.write_text("garbage line\n")
+    code, report = plant_and_verify(dataset)
+    assert code == 1 and error_codes(report) == {"dali_index_mismatch"}
+    assert idx.name in report["issues"][0]["message"]
+
+
+def test_a_foreign_idx_that_is_not_dalis_is_only_a_warning(tmp_path):
+    shards = good_shards(tmp_path)
+    shards[0].with_suffix(".idx").write_text("some other tool's index\n")
+    code, report = plant_and_verify(tmp_path)
+    assert code == 0 and "index_not_checked" in warning_codes(report)
+
+
+@pytest.mark.parametrize("lost", ["manifest", "never written"])
+def test_a_run_that_did_not_finish_is_no_complete_dataset(dataset, lost):
+    """Shards of an interrupted run are each fine; the dataset is not: verify says so and how to
+    finish it, as long as fastwds' run state shows whose folder it is."""
+    (dataset / "manifest.json").unlink()
+    if lost == "never written":
+        for record in sorted((dataset / ".fastwds" / "tasks").glob("*.json"))[2:]:
+            record.unlink()
+    code, report = plant_and_verify(dataset)
+    assert code == 1 and error_codes(report) == {"run_incomplete"}
+    tasks = len(json.loads((dataset / ".fastwds" / "run.json").read_text())["tasks"])
+    finished = tasks if lost == "manifest" else 2
+    assert f"{finished} of {tasks} tasks finished" in report["issues"][0]["message"]
+    assert "--resume" in report["issues"][0]["message"]
+
+
+def test_energon_meta_the_manifest_declares_must_be_there(tmp_path):
+    data = tmp_path / "train.jsonl"
+    (tmp_path / "a.jpg").write_bytes(JPEG)
+    data.write_text(json.dumps({"id": "a", "image": "a.jpg", "messages": [
+        {"role": "user", "content": "<image> what?"}, {"role": "assistant", "content": "that"}]}) + "\n")
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "fastwds", "convert", "sft", data, out, "--no-progress"], check=True,
+                   capture_output=True, timeout=300)
+    shutil.rmtree(out / ".nv-meta")
+    code, report = plant_and_verify(out)
+    assert code == 1 and error_codes(report) == {"energon_meta_mismatch"}
+    assert ".nv-meta" in report["issues"][0]["message"]
+
+
 @pytest.fixture
 def energon_dataset(tmp_path) -> Path:
     folder = tmp_path / "e"

@@ -81,6 +81,7 @@ VERIFY_CODES: dict[str, tuple[str, str]] = {
     "image_decode_failed": (ERROR, "an image does not decode (--full)"),
     # indexes and manifest
     "manifest_invalid": (ERROR, "manifest.json cannot be read"),
+    "run_incomplete": (ERROR, "a fastwds run in this folder never finished: no manifest.json beside its run state"),
     "manifest_mismatch": (ERROR, "manifest.json disagrees with the shards"),
     "wids_index_mismatch": (ERROR, "a wids index disagrees with the shards"),
     "dali_index_mismatch": (ERROR, "a DALI .idx disagrees with its shard"),

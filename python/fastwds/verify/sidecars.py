@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastwds.convert.layout import MANIFEST_NAME
+from fastwds.convert.layout import MANIFEST_NAME, RUN_FILE, TASKS_DIR
 from fastwds.indexes import WIDS_KIND
 
 ENERGON_META = ".nv-meta"
@@ -72,6 +72,10 @@ class Sidecars:
         self.report = report
         self.checked: list[str] = []
         self.manifest: dict[str, dict] | None = None  # resolved shard path -> manifest entry
+        # What a fastwds manifest says was written beside the shards: those files must be there.
+        self.declared_wids: str | None = None
+        self.declared_dali = self.declared_energon_idx = False
+        self.declared_energon_meta: str | None = None
         self.wids: list[tuple[str, dict[str, dict]]] = []  # (index file, resolved path -> entry)
         self.energon_counts: dict[str, tuple[str, int, int]] | None = None  # resolved -> (name, id, count)
         self.energon_sqlite: Path | None = None
@@ -97,16 +101,31 @@ class Sidecars:
             return
         self.manifest = entries
         self.checked.append(f"{MANIFEST_NAME} ({len(entries)} shards)")
+        indexes, options, energon = (manifest.get(name) for name in ("indexes", "options", "energon"))
+        if isinstance(indexes, dict) and isinstance(indexes.get("wids"), str):
+            self.declared_wids = indexes["wids"]
+        if isinstance(options, dict):
+            self.declared_dali = options.get("dali_index") is True
+            self.declared_energon_idx = options.get("energon_index") is True
+        if isinstance(energon, dict) and isinstance(energon.get("meta_dir"), str):
+            self.declared_energon_meta = energon["meta_dir"]
 
     def _load_wids(self) -> None:
+        if self.declared_wids is not None and not (self.root / self.declared_wids).is_file():
+            self.report("wids_index_mismatch", f"{MANIFEST_NAME} names the wids index {self.declared_wids}, which "
+                        "is not in the folder", shard=self.declared_wids)
         for path in sorted(self.root.glob("*.json")):
             if path.name == MANIFEST_NAME:
                 continue
             try:
-                with open(path, "rb") as stream:
-                    if WIDS_KIND.encode() not in stream.read(4096):
-                        continue
+                # A file the manifest names is the wids index whatever it holds; others only if they say so.
+                if path.name != self.declared_wids:
+                    with open(path, "rb") as stream:
+                        if WIDS_KIND.encode() not in stream.read(4096):
+                            continue
                 index = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(index, dict) or index.get("__kind__") != WIDS_KIND:
+                    raise ValueError(f"no \"__kind__\": \"{WIDS_KIND}\" object")
                 base = path.parent
                 entries = {}
                 for entry in index["shardlist"]:
@@ -126,6 +145,9 @@ class Sidecars:
     def _load_energon(self) -> None:
         meta = self.root / ENERGON_META
         if not meta.is_dir():
+            if self.declared_energon_meta is not None:
+                self.report("energon_meta_mismatch", f"{MANIFEST_NAME} says Energon's {self.declared_energon_meta}/ "
+                            "was written, and it is not in the folder", shard=self.declared_energon_meta)
             return
         info = meta / ".info.json"
         if not info.is_file():
@@ -195,9 +217,17 @@ class Sidecars:
                     self.report("wids_index_mismatch", f"{index_name} says {field_name} = {expected}, the shard has "
                                 f"{actual}", shard=scan.name)
 
+    def _declared_for(self, scan: ShardScan) -> bool:
+        """Whether the manifest lists this shard (its options then say which sidecars it has)."""
+        return self.manifest is not None and resolved(scan.path) in self.manifest
+
     def _check_dali(self, scan: ShardScan) -> None:
         path = dali_index_path(scan.path)
+        declared = self.declared_dali and self._declared_for(scan)
         if path == scan.path or not path.is_file():
+            if declared and path != scan.path:
+                self.report("dali_index_mismatch", f"{path.name} is missing ({MANIFEST_NAME}: written with "
+                            "--dali-index)", shard=scan.name)
             return
         self.dali_checked += 1
         try:
@@ -207,8 +237,9 @@ class Sidecars:
             return
         head = lines[0].split() if lines else []
         if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit():
-            self.report("index_not_checked", f"{path.name}: not a DALI v1.2 index (first line {lines[:1]})",
-                        shard=scan.name)
+            # Someone else's .idx beside a foreign shard may be another format; fastwds' must be DALI's.
+            self.report("dali_index_mismatch" if declared else "index_not_checked",
+                        f"{path.name}: not a DALI v1.2 index (first line {lines[:1]})", shard=scan.name)
             return
         if int(head[1]) != len(scan.samples) or len(lines) - 1 != len(scan.samples):
             self.report("dali_index_mismatch", f"{path.name} declares {head[1]} samples and has {len(lines) - 1} "
@@ -227,6 +258,9 @@ class Sidecars:
             if self.energon_counts is not None and resolved(scan.path) in self.energon_counts:
                 self.report("energon_index_mismatch", f"{path.name} is missing: Energon needs it for every shard "
                             f"listed in {ENERGON_META}", shard=scan.name)
+            elif self.declared_energon_idx and self._declared_for(scan):
+                self.report("energon_index_mismatch", f"{path.name} is missing ({MANIFEST_NAME}: written with "
+                            "Energon's index)", shard=scan.name)
             return
         self.energon_idx_checked += 1
         data = path.read_bytes()
@@ -307,6 +341,7 @@ class Sidecars:
         checked: for a single shard or a pattern, the others were simply not selected."""
         if not whole_folder:
             return
+        self._check_run_finished()
         if self.manifest is not None:
             for path, entry in self.manifest.items():
                 if path not in self.seen:
@@ -322,6 +357,21 @@ class Sidecars:
                 if path not in self.seen:
                     self.report("energon_meta_mismatch", f"{ENERGON_META}/.info.json lists {name}, which is not in "
                                 "the folder", shard=name)
+
+    def _check_run_finished(self) -> None:
+        """A folder with fastwds' run state and no manifest is a run that never finished (or whose
+        manifest is gone): its shards may be fine, the dataset is not complete."""
+        run_file = self.root / RUN_FILE
+        if not run_file.is_file() or (self.root / MANIFEST_NAME).is_file():
+            return
+        finished = len(list((self.root / TASKS_DIR).glob("*.json")))
+        try:
+            planned = len(json.loads(run_file.read_text(encoding="utf-8"))["tasks"])
+            progress = f"{finished:,} of {planned:,} tasks finished"
+        except (OSError, ValueError, KeyError, TypeError):
+            progress = f"{finished:,} tasks finished"
+        self.report("run_incomplete", f"a fastwds run that did not finish ({progress}, no {MANIFEST_NAME}): "
+                    "run the same `fastwds convert` with --resume to complete it", shard=MANIFEST_NAME)
 
     def summary(self) -> list[str]:
         checked = list(self.checked)
