@@ -322,37 +322,82 @@ def test_video_containers_are_recognised_and_truncation_seen(container, codec, e
     assert inspect_video(b"GIF89a" + data).reason == "video_unknown_format"
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(files=st.lists(st.lists(st.sampled_from(["a", "b", "c/d", "c_d", None])), min_size=1, max_size=3),
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(st.lists(st.sampled_from(["a", "b", "c/d", "c_d", None, None, "part0-0", "part0-1",
+                                                "part0-0~1", "part1-0"])), min_size=1, max_size=3),
        piece_rows=st.integers(1, 4))
 def test_repeated_ids_are_found_across_pieces_and_files(tmp_path, monkeypatch, files, piece_rows):
     """Planning holds each row's id only until its piece of ID_PIECE_ROWS rows becomes key hashes;
-    the files whose rows may repeat a key are parsed again. Whatever the pieces, the rows rejected
-    are those a plain pass over all ids finds: an id seen before is duplicate_id, a different id
-    with the same key ("c/d" and "c_d" do not collide: the derived key has a hash suffix) a
-    key_collision; a row without an id gets a derived one that repeats nothing."""
+    the files whose rows may repeat a key are parsed again. Whatever the pieces, the plan is what a
+    plain pass over all ids gives:
+    - among rows with their own id, an id seen before is duplicate_id, a different id with the same
+      key ("c/d" and "c_d" do not collide: the derived key has a hash suffix) a key_collision;
+    - a row without an id gets ``file-row`` (part0.jsonl and part0.json derive the same ones) and
+      never costs another row: should that id's key be another row's own id's, or an earlier
+      derived one's, the row becomes ``file-row~N``, the first N whose key no row has."""
     import fastwds.sources.sft.plan as sft_plan
 
     monkeypatch.setattr(sft_plan, "ID_PIECE_ROWS", piece_rows)
-    paths, expected, first_key, position = [], {}, {}, 0
+    paths, rows = [], []  # rows: (position, own id or None, derived id)
     for number, ids in enumerate(files):
-        path = tmp_path / f"part{number}-{len(paths)}.jsonl"
+        path = tmp_path / f"part{number // 2}.{'jsonl' if number % 2 == 0 else 'json'}"
         path.write_text("".join(json.dumps({"messages": chat("hi"), **({"id": i} if i else {})}) + "\n" for i in ids))
         paths.append(str(path))
-        for row, sample_id in enumerate(ids):
-            sample_id = sample_id or f"part{number}-{len(paths) - 1}-{row}"
-            key = fastwds.portable_key(sample_id)
-            if key in first_key:
-                expected[position] = "duplicate_id" if first_key[key][1] == sample_id else "key_collision"
+        rows += [(len(rows) + row, sample_id, f"part{number // 2}-{row}") for row, sample_id in enumerate(ids)]
+    key = fastwds.portable_key
+    expected, first_own = {}, {}
+    for position, own, _ in rows:
+        if own is not None:
+            if key(own) in first_own:
+                expected[position] = "duplicate_id" if first_own[key(own)] == own else "key_collision"
             else:
-                first_key[key] = (position, sample_id)
-            position += 1
+                first_own[key(own)] = own
+    every_key = {key(own or derived) for _, own, derived in rows}
+    expected_renamed, kept_derived, chosen = {}, set(), set()
+    for position, own, derived in rows:
+        if own is not None:
+            continue
+        if key(derived) not in first_own and key(derived) not in kept_derived:
+            kept_derived.add(key(derived))
+            continue
+        suffix = 1
+        while key(f"{derived}~{suffix}") in every_key or f"{derived}~{suffix}" in chosen:
+            suffix += 1
+        expected_renamed[position] = f"{derived}~{suffix}"
+        chosen.add(expected_renamed[position])
+
     plan = plan_sft(paths, SftOptions(energon=False), 2, 10**9)
-    found, start = {}, 0
+    found, renamed, start = {}, {}, 0
     for task in plan.tasks:
         found.update({start + row: reason for row, reason, _ in task.rejected})
+        renamed.update({start + row: new_id for row, new_id in task.renamed})
         start += task.num_rows
     assert found == expected
+    assert renamed == expected_renamed
+
+
+def test_a_row_without_an_id_never_costs_a_row_that_has_one(tmp_path):
+    """Row 1 has no id, so it is ``data-1``: exactly the id row 2 has. Both rows are written, the
+    row with its own id keeps it, the other becomes ``data-1~1``; a second run gives the same bytes."""
+    (tmp_path / "cat.jpg").write_bytes(jpeg_bytes(40, 30))
+    rows = [{"id": "x0"}, {}, {"id": "data-1"}]
+    (tmp_path / "data.jsonl").write_text("".join(
+        json.dumps({**row, "image": "cat.jpg", "messages": chat("<image> what is it?")}) + "\n" for row in rows))
+    outputs = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "out"
+        run_cli("convert", "sft", str(tmp_path / "data.jsonl"), str(out), "--no-progress")
+        outputs.append(out)
+    assert (outputs[0] / "rejects.jsonl").read_text() == ""
+    samples = samples_by_id(outputs[0])
+    assert sorted(samples) == ["data-1", "data-1~1", "x0"]
+    assert json.loads(samples["data-1"]["json"])["source"]["row"] == 2
+    assert json.loads(samples["data-1~1"]["json"])["source"]["row"] == 1
+    manifest = json.loads((outputs[0] / "manifest.json").read_text())
+    assert manifest["totals"]["samples"] == 3
+    assert [s["sha256"] for s in manifest["shards"]] == [
+        s["sha256"] for s in json.loads((outputs[1] / "manifest.json").read_text())["shards"]]
+    assert run_cli("verify", str(outputs[0])).returncode == 0
 
 
 @pytest.mark.parametrize("jsonl", [True, False], ids=["jsonl", "json-array"])

@@ -35,6 +35,9 @@ class Task:
     # Rows of this task known to be rejected before reading them (duplicate ids, found at plan
     # time across the whole dataset): (row offset within the task, reason, detail).
     rejected: tuple[tuple[int, str, str], ...] = ()
+    # Rows of this task without an id of their own whose derived id another row has (SFT):
+    # (row offset within the task, the id they get instead).
+    renamed: tuple[tuple[int, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -92,7 +95,9 @@ class Plan:
 
     def fingerprint(self) -> str:
         """Hash of the input files (paths, sizes, mtimes, rows) and of the task cut."""
-        payload = json.dumps([[asdict(f) for f in self.files], [asdict(t) for t in self.tasks]], sort_keys=True)
+        # A task without renamed rows hashes as before the field existed: resuming across the upgrade works.
+        tasks = [{k: v for k, v in asdict(t).items() if k != "renamed" or v} for t in self.tasks]
+        payload = json.dumps([[asdict(f) for f in self.files], tasks], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -180,6 +185,7 @@ class KeyHashes:
     def __init__(self) -> None:
         self._pieces: list[np.ndarray] = []
         self._names: list[str] = []
+        self._sorted: np.ndarray | None = None
 
     def add(self, ids: pl.Series, name: str) -> None:
         """Add a piece: ``ids`` in input order, from ``name`` (the file, for messages)."""
@@ -195,12 +201,14 @@ class KeyHashes:
         """64-bit hashes of the keys (polars' own hash: stable within one process, all it needs)."""
         return keys.hash().to_numpy()
 
-    def find_repeated(self, read_ids: Callable[[int], pl.Series]) -> dict[int, tuple[str, str, int]]:
+    def find_repeated(self, read_ids: Callable[[int], pl.Series],
+                      keep_hashes: bool = False) -> dict[int, tuple[str, str, int]]:
         """``find_repeated_keys`` over all pieces added (positions count through them in order).
         The pieces holding a row whose key hash another row has are read again (``read_ids(i)``:
         piece i's ids, in the same order) and those rows are checked exactly, so a hash collision
         never rejects a row. Sorting finds the repeated hashes with one copy of the array
-        (polars' ``is_duplicated`` took 108 MB for 1M hashes)."""
+        (polars' ``is_duplicated`` took 108 MB for 1M hashes). ``keep_hashes``: keep the sorted
+        hashes for ``taken`` when there are repeats (8 bytes per row more)."""
         lengths = [len(piece) for piece in self._pieces]
         every = np.concatenate(self._pieces) if self._pieces else np.zeros(0, dtype=np.uint64)
         self._pieces = []  # every holds them now
@@ -210,8 +218,11 @@ class KeyHashes:
 
         # Sorting finds whether any hash repeats (np.sort: faster than argsort, which only the
         # inputs with repeats then pay).
-        if not same_as_previous(np.sort(every)).any():
+        ordered = np.sort(every)
+        if not same_as_previous(ordered).any():
             return {}
+        self._sorted = ordered if keep_hashes else None
+        del ordered
         # Which rows: both of each equal pair in hash order, back in input order. (np.isin of
         # every hash against the repeated ones took 1.5 s of 12.8 for 4M ids, 3M of them repeated.)
         order = np.argsort(every, kind="stable")
@@ -233,6 +244,15 @@ class KeyHashes:
                 ids.append(piece_ids.cast(pl.String).gather(local))
             start += length
         return find_repeated_keys(pl.concat(ids), pl.Series(np.concatenate(positions)))
+
+    def taken(self, ids: list[str]) -> list[bool]:
+        """Whether each id's key hash is one of the dataset's (after ``find_repeated`` found
+        repeats): True for every key in use, and now and then for a free one whose hash collides."""
+        assert self._sorted is not None, "find_repeated(keep_hashes=True) found repeats first"
+        keys = _keyed(pl.Series(ids, dtype=pl.String))["key"]
+        hashes = np.maximum(self.hash_keys(keys), 1)
+        found = np.searchsorted(self._sorted, hashes)
+        return (self._sorted[np.minimum(found, len(self._sorted) - 1)] == hashes).tolist()
 
 
 def find_repeated_keys(ids: pl.Series, positions: pl.Series | None = None) -> dict[int, tuple[str, str, int]]:

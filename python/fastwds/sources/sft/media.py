@@ -154,6 +154,7 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
     sft: SftOptions = options.source_options
     rejected = {offset for offset, _, _ in task.rejected}
     bad_json = {offset for offset, reason, _ in task.rejected if reason == "bad_json"}
+    renamed = dict(task.renamed)  # rows without an id whose derived one another row has (see the plan)
     media_root = None if sft.media_outside_root else (sft.media_root or root)
     reader = MediaReader(media_root, sft.max_media_bytes)
     ahead: deque[asyncio.Task] = deque()
@@ -173,7 +174,8 @@ async def read_task(root: str, task: Task, options: ConvertOptions) -> AsyncIter
                     offset, row = task_row + number, piece.start + number  # in the task, in the file
                     if value is None and offset not in bad_json:  # it parsed when planned
                         raise InvalidInputError(f"{path}: changed since the plan (row {row} no longer parses)")
-                    rows.append(describe_row(piece.file, row, value, offset in rejected, sft, json_dir))
+                    rows.append(describe_row(piece.file, row, value, offset in rejected, sft, json_dir,
+                                             renamed.get(offset)))
                 done += len(group)
                 ahead.append(asyncio.ensure_future(reader.read_group(rows)))
                 if len(ahead) >= GROUPS_AHEAD:
@@ -198,11 +200,12 @@ class RowToRead:
     paths: list[str]  # resolved media paths; none for rows rejected at plan time
 
 
-def describe_row(file: str, row_number: int, value: Any, rejected: bool, sft: SftOptions, json_dir: str) -> RowToRead:
+def describe_row(file: str, row_number: int, value: Any, rejected: bool, sft: SftOptions, json_dir: str,
+                 new_id: str | None = None) -> RowToRead:
     row = parse_row(value, sft.media) if value is not None else None
     if not isinstance(row, SftRow):  # rejected at plan time; the converter reports the plan's reason
         return RowToRead(given_id(value) or derived_id(file, row_number), None, [])
-    sample_id = row.id if row.id is not None else derived_id(file, row_number)
+    sample_id = row.id if row.id is not None else new_id or derived_id(file, row_number)
     # Rows rejected at plan time (duplicates) are not written: their media need not be read.
     paths = [] if rejected else [resolve_media(p, json_dir, sft.media_root) for p in row.paths]
     return RowToRead(sample_id, row.turns, paths)

@@ -3,12 +3,16 @@ ids (duplicates are found across the whole dataset) and the rows that cannot be 
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import logging
 import os
 import posixpath
 from array import array
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -24,6 +28,8 @@ from fastwds.sources.sft.rows import MEDIA_KINDS, ByteSlice, SftOptions, SftRow,
 SIZE_SAMPLE_ROWS = 64
 # Rows whose ids are held at once while planning, before they become 8-byte key hashes.
 ID_PIECE_ROWS = 65536
+
+log = logging.getLogger("fastwds")
 
 
 def expand_inputs(data: list[str]) -> list[str]:
@@ -103,6 +109,7 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
     # rows, (file number, first row) each; the files whose rows may repeat a key are parsed again
     # for their ids (ids_of).
     id_hashes, id_pieces = KeyHashes(), []
+    without_id = bytearray()  # per row: 1 when its id is derived from its place (it has none)
     offsets: dict[str, tuple[array, array]] = {}
     size_sample: list[tuple[str, int, list[str]]] = []  # (json dir, row bytes, media paths)
     position = 0  # row number across all files
@@ -124,6 +131,7 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
             elif position % 128 == 0:
                 size_sample.append((parent(path), byte_stop - byte_start, row.paths))
             ids.append(row_id(row, relative, len(starts)))
+            without_id.append(isinstance(row, SftRow) and row.id is None)
             starts.append(byte_start)
             stops.append(byte_stop)
             position += 1
@@ -150,9 +158,55 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
                                 for row, (_, _, value) in enumerate(rows)]
         return pl.Series(file_ids[number][first:first + ID_PIECE_ROWS], dtype=pl.String)
 
-    for position, (reason, detail, _) in id_hashes.find_repeated(ids_of).items():
+    repeated = id_hashes.find_repeated(ids_of, keep_hashes=any(without_id))
+    renamed = rename_derived(repeated, without_id, rejected, id_hashes, files, sources, position_rows(sources))
+    return Plan("sft", root, tuple(sources), attach(tasks, offsets, rejected, renamed))
+
+
+def position_rows(sources: list[SourceFile]) -> Callable[[int], tuple[int, int]]:
+    """``(file number, row in the file)`` of a row's position across all files."""
+    ends = list(itertools.accumulate(s.rows for s in sources))
+
+    def locate(position: int) -> tuple[int, int]:
+        number = bisect.bisect_right(ends, position)
+        return number, position - (ends[number - 1] if number else 0)
+    return locate
+
+
+def rename_derived(repeated: dict[int, tuple[str, str, int]], without_id: bytearray,
+                   rejected: dict[int, tuple[str, str]], id_hashes: KeyHashes, files: list[str],
+                   sources: list[SourceFile], locate: Callable[[int], tuple[int, int]]) -> dict[int, str]:
+    """Record in ``rejected`` the rows whose key an earlier row has, except where one of the two has
+    no id of its own: a derived id (``file-row``) never costs a row that has its own id, nor one
+    without (``a.json`` and ``a.jsonl`` derive the same ids). Such a derived id gives way instead: the
+    row becomes ``file-row~1`` (or ``~2``, ... the first whose key no row has). Returns those new ids
+    by position."""
+    clashing: set[int] = set()
+    kept_by_key: dict[int, int] = {}  # first row (derived id) -> the first row with its own id that keeps the key
+    for position, (reason, detail, first) in repeated.items():
+        if without_id[position]:
+            clashing.add(position)
+            continue
+        if without_id[first]:
+            clashing.add(first)
+            if kept_by_key.setdefault(first, position) == position:
+                continue
         rejected[position] = (reason, detail)
-    return Plan("sft", root, tuple(sources), attach(tasks, offsets, rejected))
+    renamed: dict[int, str] = {}
+    chosen: set[str] = set()
+    for position in sorted(clashing):
+        number, row = locate(position)
+        base = derived_id(sources[number].path, row)
+        for suffix in itertools.count(1):
+            candidate = f"{base}~{suffix}"
+            if candidate not in chosen and not id_hashes.taken([candidate])[0]:
+                break
+        renamed[position] = candidate
+        chosen.add(candidate)
+    if renamed:
+        log.info("%d row(s) without an id got a new one, as another row has the id derived from their place "
+                 "(e.g. %r)", len(renamed), next(iter(renamed.values())))
+    return renamed
 
 
 def row_id(row: SftRow | Problem, file: str, number: int) -> str | None:
@@ -184,19 +238,21 @@ def estimate_row_bytes(size_sample: list[tuple[str, int, list[str]]], media_root
     return (media_bytes + sum(row_bytes for _, row_bytes, _ in chosen)) / len(chosen)
 
 
-def attach(tasks: list[Task], offsets: dict[str, tuple[array, array]],
-           rejected: dict[int, tuple[str, str]]) -> tuple[Task, ...]:
-    """Give each task its slices' byte ranges and the rows of it rejected at plan time."""
-    result, task_start, next_reject = [], 0, 0
-    ordered = sorted(rejected.items())
-    for task in tasks:
+def attach(tasks: list[Task], offsets: dict[str, tuple[array, array]], rejected: dict[int, tuple[str, str]],
+           renamed: dict[int, str]) -> tuple[Task, ...]:
+    """Give each task its slices' byte ranges and its rows rejected or renamed at plan time (by
+    offset within the task)."""
+    def by_task(entries: dict[int, Any]) -> Iterator[list[tuple[int, Any]]]:
+        positions, task_start = sorted(entries), 0  # sorted once for all tasks
+        for task in tasks:
+            task_stop = task_start + task.num_rows
+            yield [(p - task_start, entries[p]) for p in positions[bisect.bisect_left(positions, task_start):
+                                                                   bisect.bisect_left(positions, task_stop)]]
+            task_start = task_stop
+    result = []
+    for task, task_rejects, task_renames in zip(tasks, by_task(rejected), by_task(renamed)):
         slices = tuple(ByteSlice(s.file, s.start, s.stop, offsets[s.file][0][s.start], offsets[s.file][1][s.stop - 1])
                        for s in task.slices)
-        task_stop, rows = task_start + task.num_rows, []
-        while next_reject < len(ordered) and ordered[next_reject][0] < task_stop:
-            position, (reason, detail) = ordered[next_reject]
-            rows.append((position - task_start, reason, detail))
-            next_reject += 1
-        result.append(Task(task.subset, task.number, slices, tuple(rows)))
-        task_start = task_stop
+        rows = tuple((offset, reason, detail) for offset, (reason, detail) in task_rejects)
+        result.append(Task(task.subset, task.number, slices, rows, tuple(task_renames)))
     return tuple(result)
