@@ -162,6 +162,39 @@ def test_ctrl_c_mid_run_says_how_far_and_how_to_resume(dataset, tmp_path):
     assert run_cli("verify", str(out)).returncode == 0
 
 
+@pytest.mark.parametrize("target", ["driver", "process group"])
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(dataset, tmp_path, target):
+    """A scheduler's stop: Kubernetes and `docker stop` send SIGTERM to the main process, Slurm's
+    scancel to every process of the job. Either way the run stops as with Ctrl-C: exit 143, how
+    far it got and the resume command, and --resume completes it with the clean run's bytes."""
+    out = tmp_path / "out"
+    args = ["convert", "parquet", str(dataset), str(out), "--num-workers", "2", "--max-samples-per-shard", "100",
+            "--no-progress"]
+    with subprocess.Popen(fastwds(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL, start_new_session=True) as child:
+        deadline = time.monotonic() + 120
+        while not list((out / ".fastwds" / "tasks").glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert child.poll() is None, "the run ended before it could be stopped"
+        if target == "driver":
+            os.kill(child.pid, signal.SIGTERM)
+        else:
+            os.killpg(child.pid, signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert re.search(r"fastwds: interrupted: \d+ of \d+ tasks had finished", stderr), stderr
+    command = re.search(r"to continue:\s*\n\s*(fastwds .*)", stderr).group(1).strip()
+    assert shlex.split(command)[1:] == [*args, "--resume"]
+    assert not (out / "manifest.json").exists()
+    run_cli(*args, "--resume")
+    clean = tmp_path / "clean"
+    run_cli(*args[:3], str(clean), *args[4:])
+    names = sorted(p.name for p in clean.glob("*.tar"))
+    assert sorted(p.name for p in out.glob("*.tar")) == names
+    assert all((out / name).read_bytes() == (clean / name).read_bytes() for name in names)
+
+
 @pytest.mark.parametrize("flags, per_core", [((), False), (("--verify-images", "full"), True),
                                               (("--reencode", "jpeg"), True)])
 def test_default_worker_count_is_one_per_two_cores_or_one_per_core_when_decoding(dataset, tmp_path, flags, per_core):

@@ -3,7 +3,8 @@ arguments here through an ``add_arguments(parser)`` / ``run(args) -> int`` pair.
 
 Exit status, as Unix tools have it: 0 done, 1 an error in the data or the run (one line naming the
 file and the reason, never a traceback), 2 a wrong command line (with the usage), 130 Ctrl-C,
-141 the reader of our output went away (``fastwds inspect ... | head``).
+143 SIGTERM (stopped the same way), 141 the reader of our output went away (``fastwds inspect ...
+| head``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 
@@ -47,17 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated:
+    """SIGTERM (a scheduler preempting the job, ``kill``, ``docker stop``) stops a run the way
+    Ctrl-C does: finished tasks kept, how far it got and how to resume said, exit 128 + 15."""
+
+    received = False
+
+    @classmethod
+    def handle(cls, signum: int, frame: object) -> None:
+        cls.received = True
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Workers start with the default SIGTERM: the driver stops them. (Restored at the end for
+    # callers that run main() inside their own process.)
+    previous = signal.signal(signal.SIGTERM, _Terminated.handle)
     try:
         return _main(argv)
-    except KeyboardInterrupt as interrupt:  # Ctrl-C at any moment, start-up included
+    except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM) at any moment, start-up included
         if not getattr(interrupt, "reported", False):  # a conversion already said how far it got
-            print("fastwds: interrupted", file=sys.stderr)
-        return 130
+            print("fastwds: terminated" if _Terminated.received else "fastwds: interrupted", file=sys.stderr)
+        return 128 + signal.SIGTERM if _Terminated.received else 130
     except BrokenPipeError:  # like other tools: stop quietly when the reader is gone
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit cannot fail again
         return 141
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str] | None) -> int:
