@@ -105,6 +105,13 @@ def test_keep_writes_invalid_rows_flagged(handmade, tmp_path):
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert {r["action"] for r in rejects if r["reason"] == "missing_id"} == {"skipped"}
     assert {r["action"] for r in rejects if r["reason"] == "bad_role"} == {"kept"}
+    # An empty image has no member to write: its JSON entry says so instead of naming one.
+    empty = samples["empty-bytes"]
+    assert json.loads(empty["json"])["images"] == [{"member": None, "format": None, "width": None, "height": None}]
+    assert not [name for name in empty if not name.startswith("__") and name != "json"]
+    # verify reports what is wrong with the kept rows, never a member their JSON invents
+    report = json.loads(run_cli("verify", str(out), "--json", check=False).stdout)
+    assert "name_mismatch" not in report["counts"], report["issues"]
 
 
 def test_fail_stops_with_a_clear_error_and_no_finished_shard_for_the_task(handmade, tmp_path):

@@ -218,20 +218,21 @@ class ChatConverter(RejectLog):
             images = [new[0] if new is not None else data for new, data in zip(reencoded, images)]
             infos = [new[1] if new is not None else info for new, info in zip(reencoded, infos)]
         names = image_member_names([info.extension if info else "bin" for info in infos])
+        # An empty image (kept with --on-invalid keep) has no member: the JSON lists it with
+        # "member": null, so a loader following the list never looks for a member that is not there.
+        empty = [isinstance(c, Problem) and c.reason == "image_empty" for c in image_checks]
         document = {
             "id": batch.ids[index],
             "conversations": checked.conversations if checked.conversations is not None
             else batch.conversations[index],
             **batch.extras[index],
-            "images": [{"member": name, "format": info.format if info else None,
+            "images": [{"member": None if is_empty else name, "format": info.format if info else None,
                         "width": info.width if info else None, "height": info.height if info else None}
-                       for name, info in zip(names, infos)],
+                       for name, info, is_empty in zip(names, infos, empty)],
             "source": {"file": batch.file, "row": batch.first_row + index},
         }
         if checked.problem is not None:
             document["invalid"] = {"reason": checked.problem.reason, "detail": checked.problem.detail}
-        # An empty image (kept with --on-invalid keep) has no member; the JSON still lists it.
-        empty = [isinstance(c, Problem) and c.reason == "image_empty" for c in image_checks]
         members = {name: data for name, data, is_empty in zip(names, images, empty) if not is_empty}
         members["json"] = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
         return members

@@ -99,13 +99,14 @@ def _member_reference(item: str, key: str, extensions: list[str]) -> str:
 
 def listed_members(document: dict[str, Any]) -> tuple[str, list[str]] | None:
     """Member references a sample JSON makes, and the field they came from: Energon-style
-    ``"name": [ext, ...]`` or fastwds' ``"images": [{"member": ext, ...}]``."""
+    ``"name": [ext, ...]`` or fastwds' ``"images": [{"member": ext, ...}]`` (``"member": null``: an
+    image kept flagged invalid that has no member)."""
     name = document.get("name")
     if isinstance(name, list) and name and all(isinstance(item, str) for item in name):
         return "name", name
     images = document.get("images")
     if isinstance(images, list) and any(isinstance(item, dict) and "member" in item for item in images):
-        return "images", [str(item.get("member")) for item in images if isinstance(item, dict)]
+        return "images", [str(item["member"]) for item in images if isinstance(item, dict) and item.get("member")]
     return None
 
 
