@@ -199,6 +199,19 @@ def test_clear_errors_for_bad_input(tmp_path):
     assert usage.returncode == 2 and "not a train,val,test ratio" in usage.stderr
 
 
+@pytest.mark.parametrize("flags", [(), ("--allow-media-outside-root",)])
+def test_media_urls_fastwds_cannot_read_say_so_once(tmp_path, flags):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"id": i, "image": image, "messages": chat("<image> hm")})
+                                                 + "\n" for i, image in [("web", "http://127.0.0.1:9/a.jpg"),
+                                                                         ("ok", "a.jpg")]))
+    out = tmp_path / "out"
+    run_cli("convert", "sft", str(tmp_path / "data.jsonl"), str(out), "--no-progress", *flags)
+    [reject] = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert reject["id"] == "web" and reject["reason"] == "media_unreadable", reject
+    assert reject["detail"].count("http://127.0.0.1:9/a.jpg") == 1 and "not http://" in reject["detail"], reject
+
+
 def test_names_that_disagree_with_members_are_refused():
     check_names_agree("ok", ["0.jpg", "1.png"], {"0.jpg": b"x", "1.png": b"y", "json": b"{}"})
     for names, members in ((["jpg"], {"json": b"{}"}), ([], {"jpg": b"x", "json": b"{}"}),

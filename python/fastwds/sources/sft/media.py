@@ -96,6 +96,10 @@ def media_outcome(path: str, outcome: str, value: Any, max_bytes: int) -> bytes 
 
 def read_media_object(url: str, root: str | None, max_bytes: int) -> bytes | Problem:
     """A media object's bytes: under the media root prefix, no larger than ``max_bytes``."""
+    try:
+        storage.check_location(url)  # http://, gs://, ...: no media root or flag would help
+    except FastwdsError as error:
+        return Problem("media_unreadable", str(error))
     if root is not None and not (storage.is_url(root) and (url + "/").startswith(root.rstrip("/") + "/")):
         return Problem("media_outside_root", f"{url}: outside the media root {root} (--media-root, or "
                                              "--allow-media-outside-root)")
