@@ -283,15 +283,19 @@ def test_unreadable_and_object_volumes_are_rejected_without_unpickling(tmp_path)
     np.savez_compressed(root / "compressed.npz", np.full((1, 3, 3, 3), 0.5, np.float32))
     (root / "truncated.npz").write_bytes((root / "good.npz").read_bytes()[:-40])
     (root / "notzip.npz").write_bytes(b"hello")
+    (root / "loop.npz").symlink_to("loop.npz")  # a symlink loop and a dangling one: one bad volume each,
+    (root / "dangling.npz").symlink_to("elsewhere.npz")  # not the end of the listing or of the job
     np.savez(root / "two.npz", a=np.ones(2), b=np.ones(2))
     marker = tmp_path / "pwned"
     np.savez(root / "evil.npz", np.array([Evil(str(marker))], dtype=object))
     out = tmp_path / "out"
     run_cli("convert", "npz", str(root), str(out), "--num-workers", "1", "--no-progress")
     assert not marker.exists()
-    reasons = {r["id"]: r["reason"] for r in rejects_of(out)}
+    found = {r["id"]: r for r in rejects_of(out)}
+    reasons = {key: r["reason"] for key, r in found.items()}
     assert reasons == {"truncated": "unreadable_volume", "notzip": "unreadable_volume", "two": "array_not_found",
-                       "evil": "not_numeric"}
+                       "evil": "not_numeric", "loop": "unreadable_volume", "dangling": "unreadable_volume"}
+    assert "symbolic links" in found["loop"]["detail"] and "No such file" in found["dangling"]["detail"]
     samples = {s["__key__"]: s["npy"] for s in fastwds.WebDataset(out)}
     np.testing.assert_array_equal(samples["compressed"], np.full((1, 3, 3, 3), 0.5, np.float16))
     out2 = tmp_path / "out2"

@@ -327,7 +327,7 @@ def list_files(root: str) -> list[FileEntry]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in filenames:
                 path = os.path.join(directory, name)
-                stat = os.stat(path)
+                stat = stat_local(path)
                 entries.append(FileEntry(os.path.relpath(path, root).replace(os.sep, "/"), stat.st_size,
                                          stat.st_mtime_ns, None))
     visible = [e for e in entries if not any(part.startswith(".") for part in e.relative.split("/"))]
@@ -341,8 +341,21 @@ def stat_file(location: str) -> FileEntry:
         if found is None:
             raise FileNotFoundError(2, "no such object", location)
         return FileEntry(location.rsplit("/", 1)[-1], found["size"], 0, found["etag"])
-    stat = os.stat(location)
+    stat = stat_local(location)
     return FileEntry(os.path.basename(location), stat.st_size, stat.st_mtime_ns, None)
+
+
+def stat_local(path: str) -> os.stat_result:
+    """The file's stat, or for a symlink that leads nowhere (dangling, a loop) the link's own: the
+    file is still listed and fingerprinted, and reading it reports the problem where it is read."""
+    try:
+        return os.stat(path)
+    except OSError:
+        try:
+            return os.lstat(path)
+        except OSError:
+            pass
+        raise
 
 
 def open_file(location: str) -> Any:

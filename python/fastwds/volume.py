@@ -201,6 +201,11 @@ def npz_to_float16(path: str, array: str | None = None, clip: bool = False) -> t
     except (zipfile.BadZipFile, zlib.error, EOFError) as error:
         # Also a bad CRC: zipfile checks it when the member's last byte has been read.
         raise VolumeReadError("unreadable_volume", f"{type(error).__name__}: {error}") from None
+    except OSError as error:
+        if storage.is_url(os.fspath(path)):
+            raise  # the network or the store: retried or failed by the run, never a row's fault
+        # A local file that cannot be opened or read (permissions, a symlink loop) is one bad volume.
+        raise VolumeReadError("unreadable_volume", error.strerror or str(error)) from None
     return out, stats
 
 
