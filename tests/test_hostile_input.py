@@ -72,6 +72,7 @@ def test_a_run_that_rejects_every_row_fails_loudly(tmp_path):
     assert_one_line_error(result, "every one of the 5 input rows was rejected", "no_conversation: 5",
                           str(out / "rejects.jsonl"))
     assert len(rejects(out)) == 5 and accounted(out)["samples"] == 0
+    assert result.stdout.startswith("fastwds convert: no sample written"), result.stdout  # not "done"
 
 
 @pytest.mark.parametrize("mode", ["fast", "full"])

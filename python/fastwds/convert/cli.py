@@ -144,7 +144,8 @@ def print_summary(manifest: dict[str, Any], output_dir: str, as_json: bool,
         rows.append(("rejects", f"{where}/rejects.jsonl"))
     rows += extra
     width = max(len(label) for label, _ in rows)
-    print("fastwds convert: done" + (" (resumed)" if manifest["resumed"] else ""))
+    outcome = "done" if totals["samples"] else "no sample written"  # the error line follows (exit 1)
+    print(f"fastwds convert: {outcome}" + (" (resumed)" if manifest["resumed"] else ""))
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
 
