@@ -101,6 +101,10 @@ def test_a_bucket_receives_exactly_what_a_folder_does(server, s3, tmp_path, case
     assert dataset_files(remote) == dataset_files(local)
     assert comparable(json.loads(remote["manifest.json"])) == comparable(json.loads(local["manifest.json"]))
     assert not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+    # verify checks in the bucket all it checks in the folder: indexes, .nv-meta, the manifest
+    in_bucket = json.loads(run_cli("verify", f"s3://{BUCKET}/{kind}/out", "--json").stdout)
+    in_folder = json.loads(run_cli("verify", str(tmp_path / "local" / "out"), "--json").stdout)
+    assert in_bucket["errors"] == 0 and in_bucket["checked"] == in_folder["checked"], in_bucket
 
 
 def test_parquet_is_planned_from_footers_and_read_by_row_group(server, s3, tmp_path):
@@ -181,6 +185,12 @@ def test_killed_mid_upload_leaves_no_finished_looking_object_and_resume_complete
         if name.endswith(".tar"):
             assert hashlib.sha256(data).hexdigest() == clean[name]
     assert s3.list_multipart_uploads(Bucket=BUCKET, Prefix="killed/").get("Uploads"), "no upload was under way"
+    unfinished = run_cli("verify", f"s3://{BUCKET}/killed/out", "--json", check=False)
+    assert unfinished.returncode == 1
+    if unfinished.stdout:  # a shard was published before the kill
+        assert "run_incomplete" in json.loads(unfinished.stdout)["counts"]
+    else:
+        assert "a fastwds run that did not finish" in unfinished.stderr and "--resume" in unfinished.stderr
     # The dead run's lease must expire before the output can be taken over.
     refused = run_cli(*args, "--resume", check=False)
     assert refused.returncode == 1 and "another fastwds run" in refused.stderr and "lease" in refused.stderr

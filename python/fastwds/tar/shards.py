@@ -93,7 +93,8 @@ def expand_shards(spec: str | os.PathLike) -> ShardSet:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             found.extend(Path(directory) / f for f in filenames if is_shard_name(f))
         if not found:
-            raise InvalidInputError(f"{spec}: no shards (.tar files) in this folder or below it")
+            raise InvalidInputError(f"{spec}: no shards (.tar files) in this folder or below it"
+                                    + (UNFINISHED if (root / ".fastwds" / "run.json").is_file() else ""))
         return ShardSet(sorted(found, key=lambda p: os.path.relpath(p, root).split(os.sep)), root, True)
     if os.path.isfile(spec):
         return ShardSet([Path(spec)], Path(spec).parent, False)
@@ -103,8 +104,25 @@ def expand_shards(spec: str | os.PathLike) -> ShardSet:
     return ShardSet(paths, root, False)
 
 
+UNFINISHED = ("; it holds a fastwds run that did not finish (no task had published a shard): run the same "
+              "`fastwds convert` with --resume to complete it")
+
 # Files beside the shards that verify checks them against: copied into the local mirror.
 SIDECAR_SUFFIXES = (".json", ".idx", ".yaml", ".sqlite", ".uuid", ".py", ".md")
+
+
+def is_sidecar(relative: str) -> bool:
+    """Whether verify reads this file beside the shards: the visible ones, Energon's .nv-meta and
+    the parts of fastwds' run state that say whether the run finished (not the attempt log)."""
+    parts = relative.split("/")
+    if not any(part.startswith(".") for part in parts):
+        return True
+    return parts[0] == ".nv-meta" or relative == ".fastwds/run.json" or is_task_record(relative)
+
+
+def is_task_record(relative: str) -> bool:
+    parts = relative.split("/")
+    return len(parts) == 3 and parts[:2] == [".fastwds", "tasks"] and parts[2].endswith(".json")
 
 
 def _remote_shards(spec: str) -> ShardSet:
@@ -112,23 +130,29 @@ def _remote_shards(spec: str) -> ShardSet:
     whole = len(candidates) == 1 and not is_shard_name(candidates[0].rsplit("/", 1)[-1])
     if whole:  # a prefix: every shard below it
         root = candidates[0].rstrip("/")
-        entries = storage.list_files(root)
-        shards = [storage.join(root, e.relative) for e in entries if is_shard_name(e.relative.rsplit("/", 1)[-1])]
+        entries = storage.list_files(root, hidden=True)  # .nv-meta/ and fastwds' run state too
+        shards = [storage.join(root, e.relative) for e in entries if is_shard_name(e.relative.rsplit("/", 1)[-1])
+                  and not any(part.startswith(".") for part in e.relative.split("/"))]
         if not shards:
-            raise InvalidInputError(f"{spec}: no shards (.tar objects) under this prefix")
+            unfinished = any(e.relative == ".fastwds/run.json" for e in entries)
+            raise InvalidInputError(f"{spec}: no shards (.tar objects) under this prefix"
+                                    + (UNFINISHED if unfinished else ""))
     else:
         shards = candidates
         for shard in shards:
             if not storage.is_file(shard):
                 raise InvalidInputError(f"{shard}: shard not found")
         root = _common_prefix(shards)
-        entries = storage.list_files(root)
+        entries = storage.list_files(root, hidden=True)
     mirror = tempfile.TemporaryDirectory(prefix="fastwds-mirror-")
     local_root = Path(mirror.name)
     for entry in entries:  # the small files only: the shards are read where they are
-        if entry.relative.endswith(SIDECAR_SUFFIXES) and entry.size < 256 << 20:
+        if entry.relative.endswith(SIDECAR_SUFFIXES) and entry.size < 256 << 20 and is_sidecar(entry.relative):
             target = local_root / entry.relative
             target.parent.mkdir(parents=True, exist_ok=True)
+            if is_task_record(entry.relative):  # only their names are read (which tasks finished): no GET each
+                target.touch()
+                continue
             target.write_bytes(storage.read_bytes(storage.parse_url(storage.join(root, entry.relative))))
     urls = {local_root / storage.parse_url(shard).relative_to(storage.parse_url(root)): shard for shard in shards}
     return ShardSet(list(urls), local_root, whole, urls, mirror)
