@@ -71,6 +71,23 @@ def test_resume_after_sigkill_gives_identical_shards(dataset, clean_run, tmp_pat
     assert not list(out.glob("*.partial"))
 
 
+def test_resume_converts_again_a_finished_task_whose_shard_was_deleted(dataset, clean_run, tmp_path):
+    """Someone deleted a shard of a finished run (or a sync lost it): --resume must not finish a
+    manifest listing a file that is gone; it converts that task again, naming it."""
+    out = tmp_path / "out"
+    run = [sys.executable, "-m", "fastwds", "convert", "parquet", str(dataset), str(out), *ARGS]
+    subprocess.run(run, check=True, capture_output=True)
+    gone = clean_run["shards"][4]["name"]
+    (out / gone).unlink()
+    result = subprocess.run([*run, "--resume"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"{gone} is gone from the output: converting it again" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(s["name"], s["sha256"]) for s in manifest["shards"]] == \
+           [(s["name"], s["sha256"]) for s in clean_run["shards"]]
+    assert (out / gone).is_file()
+
+
 def test_ctrl_c_stops_cleanly(dataset, clean_run, tmp_path):
     out = tmp_path / "out"
     with subprocess.Popen([sys.executable, "-m", "fastwds", "convert", "parquet", str(dataset), str(out), *ARGS],

@@ -20,7 +20,7 @@ from fastwds.convert.manifest import build_manifest
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output, open_output
 from fastwds.convert.plan import Plan, changed_files
-from fastwds.convert.state import prepare_output, read_record
+from fastwds.convert.state import prepare_output, read_record, tasks_with_missing_shards
 from fastwds.errors import InputChangedError, InvalidInputError, NothingWrittenError
 from fastwds.indexes import wids_document
 from fastwds.progress import ProgressReporter
@@ -54,6 +54,11 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         if removed := output.remove_temporaries():
             log.info("removed %d temporary file(s) an earlier run left", removed)
         finished = output.recorded_tasks()
+        if resumed:  # a finished task whose shard was deleted since is converted again
+            for name, gone in tasks_with_missing_shards(output, [t for t in plan.tasks if t.name in finished]).items():
+                log.warning("task %s had finished, but %s %s gone from the output: converting it again", name,
+                            ", ".join(gone), "is" if len(gone) == 1 else "are")
+                finished.discard(name)
         pending = [t for t in plan.tasks if t.name not in finished]
         if resumed:
             log.info("resuming: %d of %d tasks already finished", len(plan.tasks) - len(pending), len(plan.tasks))

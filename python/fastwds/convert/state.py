@@ -93,6 +93,18 @@ def read_record(output: Output, task: Task) -> dict[str, Any]:
     return json.loads(output.read_text(task_record(task.name)))
 
 
+def tasks_with_missing_shards(output: Output, tasks: list[Task]) -> dict[str, list[str]]:
+    """Finished tasks (with a record) whose shards are no longer in the output, by task: a resume
+    converts them again instead of finishing a manifest that lists files that are gone."""
+    present = set(output.list())
+    missing = {}
+    for task in tasks:
+        gone = [shard["name"] for shard in read_record(output, task)["shards"] if shard["name"] not in present]
+        if gone:
+            missing[task.name] = gone
+    return missing
+
+
 def write_record(output: Output, task: Task, record: dict[str, Any]) -> None:
     """The task's last write: from here on ``--resume`` treats the task as finished."""
     output.write_text(task_record(task.name), json.dumps(record, ensure_ascii=False))
