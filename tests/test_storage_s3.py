@@ -224,6 +224,22 @@ def test_readers_read_shards_in_the_bucket(server, s3, tmp_path):
     assert len(read_webdataset(presigned)) == expected
 
 
+def test_verify_reports_an_empty_shard_in_a_bucket_as_in_a_folder(server, s3, tmp_path):
+    """An empty .tar (a zero-byte object) used to stop verify and inspect with the store's
+    InvalidRange; in a folder it is a finding and the other shards are still checked."""
+    folder = tmp_path / "mixed"
+    with fastwds.ShardWriter(str(folder / "a-%06d.tar")) as writer:
+        writer.write({"__key__": "k0", "jpg": jpeg_bytes(), "json": {"id": "k0"}})
+    (folder / "b-000000.tar").write_bytes(b"")
+    url = upload_folder(s3, folder, "mixed")
+    in_bucket = run_cli("verify", url, "--json", check=False)
+    in_folder = run_cli("verify", str(folder), "--json", check=False)
+    assert in_bucket.returncode == in_folder.returncode == 1, in_bucket.stderr
+    bucket_report, folder_report = json.loads(in_bucket.stdout), json.loads(in_folder.stdout)
+    assert bucket_report["counts"] == folder_report["counts"] and bucket_report["shards"] == 2
+    assert "sample 0" in run_cli("inspect", url, "-n", "1").stdout
+
+
 def test_store_errors_are_one_clear_line_naming_the_url(server, s3, tmp_path):
     root = tmp_path / "pq"
     generate(root, rows=30, subsets=1, files_per_subset=1, row_group_rows=30, seed=13)

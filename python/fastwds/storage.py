@@ -216,7 +216,12 @@ def read_bytes(url: S3Url, start: int | None = None, stop: int | None = None) ->
     extra = {"Range": f"bytes={start}-{stop - 1}"} if start is not None and stop is not None else {}
     if start is not None and stop is not None and stop <= start:
         return b""
-    body = _call(url, "get_object", Bucket=url.bucket, Key=url.key, **extra)["Body"]
+    try:
+        body = client().get_object(Bucket=url.bucket, Key=url.key, **extra)["Body"]
+    except Exception as error:
+        if extra and getattr(error, "response", {}).get("Error", {}).get("Code") == "InvalidRange":
+            return b""  # the range starts past the end (an empty object): no bytes, as a file read gives
+        raise describe_error(error, url) from None
     try:
         return body.read()
     except Exception as error:
