@@ -39,7 +39,32 @@ class OutputLockedError(FastwdsError):
 
 
 def holder_info() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "pid_space": pid_space()}
+
+
+def pid_space() -> str | None:
+    """What makes a pid mean one process: this boot of this machine and this PID namespace (a
+    container has its own). None where Linux's /proc does not tell."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def holder_is_dead(holder: dict[str, Any]) -> bool:
+    """True only when the holder's pid is in our own pid space and no process has it: then its
+    lease need not be waited out. (A reused pid makes it look alive: we wait, which is safe.)"""
+    if pid_space() is None or holder.get("pid_space") != pid_space() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def locked_message(location: str, holder: str, extra: str = "") -> str:
@@ -254,8 +279,10 @@ class S3Lease:
         if not storage.create_bytes(url, self._content()):
             try:
                 current = storage.read_bytes(url).decode("utf-8", "replace")
-                expires = json.loads(current).get("expires", 0)
-            except (FileNotFoundError, ValueError):  # released meanwhile, or not ours to read
+                holder = json.loads(current)
+                # A run killed on this machine (SIGKILL, a crash) cannot renew: no need to wait out its minute.
+                expires = 0 if holder_is_dead(holder) else holder.get("expires", 0)
+            except (FileNotFoundError, ValueError, AttributeError):  # released meanwhile, or not ours to read
                 current, expires = "", 0
             if expires > time.time() or not self._take_over():
                 left = f", its lease runs for {max(0, expires - time.time()):.0f} more s" if expires else ""
