@@ -279,6 +279,20 @@ def test_a_url_fastwds_cannot_write_is_an_error_not_a_local_folder(tmp_path, out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pq"], "a local folder was created for a URL"
 
 
+@pytest.mark.parametrize("command", [["convert", "parquet", "{url}", "out"], ["convert", "sft", "{url}", "out"],
+                                     ["convert", "npz", "{url}", "out"], ["verify", "{url}"], ["inspect", "{url}"]])
+@pytest.mark.parametrize("url", ["s3://", "s3:///prefix"])
+def test_a_url_without_a_bucket_is_said_so_for_inputs_too(tmp_path, command, url):
+    """'s3://' used to lose its slashes on the way and be looked for as the local folder 's3:'
+    (with such a folder present, it was read)."""
+    (tmp_path / "s3:").mkdir()
+    result = subprocess.run([sys.executable, "-m", "fastwds", *(word.format(url=url) for word in command)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{url}: no bucket in the URL" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_bench_upload_measures_against_uploading_the_finished_shards(tmp_path):
     """`fastwds bench upload` starts its own S3 server: the three lines and the ratios come out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

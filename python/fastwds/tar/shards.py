@@ -84,6 +84,7 @@ def expand_shards(spec: str | os.PathLike) -> ShardSet:
     braces and/or glob characters; or the same in an object store (a shard URL, a prefix, a brace
     pattern). Raises InvalidInputError when nothing is found."""
     spec = os.fspath(spec)
+    storage.check_location(spec)  # 's3://' without a bucket, 'gs://': said so, not looked for locally
     if storage.is_url(spec):
         return _remote_shards(spec)
     if os.path.isdir(spec):

@@ -139,6 +139,7 @@ def plan_npz(data_folder: str | os.PathLike, options: NpzOptions, max_rows: int,
              limit: int | None = None, strict: bool = False) -> NpzPlan:
     """One task per shard of up to ``max_rows`` volumes. Reads file sizes and the CSVs' key
     columns only; volumes are opened when converted."""
+    storage.check_location(data_folder)  # 's3://' without a bucket must not become the folder 's3:'
     root = os.fspath(data_folder).rstrip("/") if storage.is_url(data_folder) else os.fspath(data_folder)
     volumes = find_volumes(root)
     files = [SourceFile(v.relative, v.size, v.mtime_ns, 1, v.etag) for v in volumes]

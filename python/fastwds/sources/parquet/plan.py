@@ -100,6 +100,7 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
     """Tasks for every subset, from parquet footers; duplicate ids across the whole dataset are
     found from the id column alone (ranged reads of that column's chunks on an object store) and
     attached to the tasks that hold them."""
+    storage.check_location(root)  # 's3://' without a bucket must not become the folder 's3:'
     root, subsets = discover_subsets(os.fspath(root).rstrip("/") if storage.is_url(root) else os.fspath(root))
     files: list[SourceFile] = []
     tasks: list[Task] = []

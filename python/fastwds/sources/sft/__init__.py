@@ -46,6 +46,7 @@ log = logging.getLogger("fastwds")
 
 def absolute(location: str) -> str:
     """Locations are options a resumed run must repeat: absolute, so the spelling cannot differ."""
+    storage.check_location(location)  # 's3://' without a bucket must not become the folder 's3:'
     return location.rstrip("/") if storage.is_url(location) else os.path.abspath(location)
 
 
