@@ -161,6 +161,19 @@ def test_sft_json_media_and_npz_inputs_in_a_bucket(server, s3, tmp_path):
             "--no-progress")
     assert {n: d for n, d in dataset_files(local_files(tmp_path / "npz-remote")).items() if n.endswith(".tar")} == \
            {n: d for n, d in dataset_files(local_files(tmp_path / "npz-local")).items() if n.endswith(".tar")}
+    # The downloaded inputs (the JSON, the CSV) go with the process that read them.
+    scratch = Path(os.environ["FASTWDS_SCRATCH"])
+    assert not [p for p in (scratch / "inputs").rglob("*") if p.is_file()]
+
+
+def test_a_run_into_a_bucket_leaves_no_scratch_folder(server, s3, tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv("FASTWDS_SCRATCH", str(scratch))
+    root = tmp_path / "pq"
+    generate(root, rows=40, subsets=1, files_per_subset=1, row_group_rows=20, seed=15)
+    for number in range(3):  # runs into many prefixes left an empty staging folder each
+        run_cli("convert", "parquet", str(root), f"s3://{BUCKET}/scratch/{number}", "--no-progress")
+    assert not [p for p in scratch.rglob("*") if p.is_file() or p.name == "attempts"], list(scratch.rglob("*"))
 
 
 def test_killed_mid_upload_leaves_no_finished_looking_object_and_resume_completes(server, s3, tmp_path):

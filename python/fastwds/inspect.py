@@ -249,7 +249,8 @@ def _inspect(shard_set: ShardSet, spec: str, key: str | None, limit: int | None,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="a shard, a folder of shards, or a pattern like "
-                                                     "'out/shard-{000000..000009}.tar'")
+                                                     "'out/shard-{000000..000009}.tar'; the same in a bucket "
+                                                     "(s3://bucket/prefix/)")
     parser.add_argument("key", metavar="KEY", nargs="?", help="show only the sample with this key")
     parser.add_argument("-n", "--num-samples", type=positive(int), default=None, dest="limit", metavar="N",
                         help=f"show at most N samples (default: {DEFAULT_FOLDER_SAMPLES} for a folder, "

@@ -17,10 +17,12 @@ Credentials never reach the manifest or the logs: only URLs do.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
 import posixpath
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -417,12 +419,22 @@ def local_copy(location: str) -> str:
     if not is_url(location):
         return location
     url = parse_url(location)
-    target = scratch_root() / "inputs" / hashlib.sha256(location.encode()).hexdigest()[:16] / posixpath.basename(url.key)
+    target = input_copies() / hashlib.sha256(location.encode()).hexdigest()[:16] / posixpath.basename(url.key)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + f".{os.getpid()}.partial")
-    partial.write_bytes(read_bytes(url))
-    os.replace(partial, target)
+    downloading = target.with_name(target.name + ".partial")
+    downloading.write_bytes(read_bytes(url))
+    os.replace(downloading, target)
     return str(target)
+
+
+@cache
+def input_copies() -> Path:
+    """This process's folder of downloaded inputs, removed when it exits: a multi-GB JSONL in a
+    bucket must not stay in the temporary folder after every run. (Per process: another process's
+    exit never removes a copy this one still reads.)"""
+    folder = scratch_root() / "inputs" / str(os.getpid())
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 @contextmanager

@@ -123,6 +123,9 @@ class Output:
         store has none: uploads appear whole). Only under the run lock."""
         return 0
 
+    def close(self) -> None:
+        """At the end of a run: remove the staging folders it made outside the output, if empty."""
+
     def recorded_tasks(self) -> set[str]:
         """Names of the tasks that have a record (are finished)."""
         return {name.removesuffix(".json") for name in self.list(TASKS_DIR) if name.endswith(".json")}
@@ -253,6 +256,16 @@ class S3Output(Output):
     def staging_root(self) -> Path:
         digest = hashlib.sha256(self.location.encode()).hexdigest()[:16]
         return storage.scratch_root() / digest / "attempts"
+
+    def close(self) -> None:
+        # The scratch folders of this output on this machine, once no attempt uses them: runs
+        # into many prefixes must not leave an empty folder each. (A dead attempt's files stay
+        # until the next run on the output removes them: they may still be uploading.)
+        for folder in (self.staging_root(), self.staging_root().parent):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                return
 
     def log_attempt(self, line: str) -> None:
         # Objects cannot be appended to: one small object per attempt.

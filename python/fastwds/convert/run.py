@@ -4,6 +4,7 @@ the wids index and, last, manifest.json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
                                 "nothing to convert")
     output = open_output(output_dir)
     fresh = not output.list(STATE_DIR)
-    with output.lock():
+    with output.lock(), contextlib.closing(output):
         session = new_session()
         try:
             resumed = prepare_output(output, plan, options, resume, overwrite, session)
@@ -90,7 +91,7 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         if changed := changed_files(plan.input_root, plan.files):
             more = f" (and {len(changed) - 1:,} more)" if len(changed) > 1 else ""
             raise InputChangedError(f"{changed[0]}{more}: changed while it was being converted (its size or "
-                                    "modification time is not the plan's), so its shards may mix old and new "
+                                    "modification time, or ETag in a bucket, is not the plan's), so its shards may mix old and new "
                                     "rows; the run did not finish. Convert again with --overwrite once the input "
                                     "stays as it is.")
         records = [read_record(output, t) for t in plan.tasks]

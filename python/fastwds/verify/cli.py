@@ -23,7 +23,8 @@ DESCRIPTION = ("Check every shard of a dataset (from fastwds or any other produc
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH",
-                        help="a shard, a folder of shards, or a pattern like 'out/shard-{000000..000009}.tar'")
+                        help="a shard, a folder of shards, or a pattern like 'out/shard-{000000..000009}.tar'; "
+                             "the same in a bucket (s3://bucket/prefix/)")
     parser.add_argument("--full", action="store_true", help="decode every image (default: headers and end markers)")
     parser.add_argument("--strict", action="store_true", help="treat warnings (portability) as errors")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")

@@ -96,7 +96,8 @@ class Sidecars:
             manifest = json.loads(path.read_text(encoding="utf-8"))
             entries = {resolved(self.root / entry["name"]): entry for entry in manifest["shards"]}
         except (OSError, ValueError, KeyError, TypeError) as error:
-            self.report("manifest_invalid", f"{path}: cannot read its shard list ({type(error).__name__}: {error})",
+            # Named as in the dataset: a bucket's manifest is read from a local mirror.
+            self.report("manifest_invalid", f"cannot read its shard list ({type(error).__name__}: {error})",
                         shard=MANIFEST_NAME)
             return
         self.manifest = entries
