@@ -162,6 +162,29 @@ def test_ctrl_c_mid_run_says_how_far_and_how_to_resume(dataset, tmp_path):
     assert run_cli("verify", str(out)).returncode == 0
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.05, 0.3])
+def test_a_second_ctrl_c_still_says_how_to_resume(dataset, tmp_path, gap):
+    """Impatient users press Ctrl-C twice: wherever the second lands (while the first is being
+    handled, or as the process exits), the resume command is said and --resume completes the run."""
+    out = tmp_path / "out"
+    args = ["convert", "parquet", str(dataset), str(out), "--num-workers", "2", "--max-samples-per-shard", "100"]
+    terminal = Terminal(fastwds(*args))
+    terminal.wait_for(r"\| \S+, [1-9]\d*/\d+ tasks")
+    terminal.type(b"\x03")
+    time.sleep(gap)
+    terminal.type(b"\x03")
+    code = terminal.finish()
+    text = terminal.text()
+    # A Ctrl-C that lands after Python restored the default handler at exit ends it by SIGINT: the
+    # shell shows 130 all the same.
+    assert code in (130, -signal.SIGINT), (code, text)
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    command = re.search(r"to continue:\s*\n\s*(fastwds .*)", text).group(1).strip()
+    assert shlex.split(command)[1:] == [*args, "--resume"], command
+    run_cli(*args, "--resume", "--no-progress")
+    assert run_cli("verify", str(out)).returncode == 0
+
+
 @pytest.mark.parametrize("target", ["driver", "process group"])
 def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(dataset, tmp_path, target):
     """A scheduler's stop: Kubernetes and `docker stop` send SIGTERM to the main process, Slurm's

@@ -188,6 +188,11 @@ def run_source(args: argparse.Namespace) -> int:
         print(f"fastwds: interrupted: {interrupted.progress()}; to continue:\n  {resume_command()}", file=sys.stderr)
         interrupted.reported = True
         raise
+    except KeyboardInterrupt as interrupted:  # a second Ctrl-C while the first one was being handled
+        print(f"fastwds: interrupted while stopping (finished tasks are complete and kept); to continue:\n"
+              f"  {resume_command()}", file=sys.stderr)
+        interrupted.reported = True  # type: ignore[attr-defined]
+        raise
     print_summary(manifest, job.output, as_json=args.json, extra=source.summary(manifest))
     return 0
 
