@@ -14,8 +14,8 @@ from werkzeug.serving import make_server
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
             b"<Message>Please reduce your request rate.</Message></Error>")
-DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
-          b"<Message>Access Denied</Message></Error>")
+DENIED = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+          "<Message>Access Denied</Message></Error>")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class S3Server:
     requests: list[Request] = field(default_factory=list)
     throttle_next: int = 0
     denied_prefix: str | None = None  # "/bucket/key-prefix"
+    denied_code: str = "AccessDenied"  # or what a store says to unknown credentials: InvalidAccessKeyId
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -69,7 +70,7 @@ class S3Server:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             if length:
                 environ["wsgi.input"].read(length)  # read the body, so the client sees an answer
-            status, body = ("503 Slow Down", SLOWDOWN) if throttled else ("403 Forbidden", DENIED)
+            status, body = ("503 Slow Down", SLOWDOWN) if throttled else ("403 Forbidden", DENIED.format(code=self.denied_code).encode())
             body = b"" if request.method == "HEAD" else body
             request.status, request.sent = status, len(body)
             start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])

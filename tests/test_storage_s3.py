@@ -268,6 +268,12 @@ def test_store_errors_are_one_clear_line_naming_the_url(server, s3, tmp_path):
     finally:
         server.denied_prefix = None
     assert denied.returncode == 1 and f"s3://{BUCKET}/denied/out" in denied.stderr and "access denied" in denied.stderr
+    server.denied_prefix, server.denied_code = f"/{BUCKET}/", "InvalidAccessKeyId"
+    try:
+        unknown_keys = run_cli("convert", "parquet", str(root), f"s3://{BUCKET}/keys/out", check=False)
+    finally:
+        server.denied_prefix, server.denied_code = None, "AccessDenied"
+    assert unknown_keys.returncode == 1 and "does not accept these credentials" in unknown_keys.stderr
     server.clear()
     server.throttle_next = 3  # the store sheds load: retried with backoff
     run_cli("convert", "parquet", str(root), f"s3://{BUCKET}/throttled/out", "--no-progress")
@@ -278,7 +284,7 @@ def test_store_errors_are_one_clear_line_naming_the_url(server, s3, tmp_path):
     anonymous = subprocess.run([sys.executable, "-m", "fastwds", "convert", "parquet", str(root),
                                 f"s3://{BUCKET}/anonymous/out"], capture_output=True, text=True, env=no_keys)
     assert anonymous.returncode == 1 and "no AWS credentials" in anonymous.stderr
-    for result in (missing, denied, anonymous):
+    for result in (missing, denied, unknown_keys, anonymous):
         assert "Traceback" not in result.stderr
 
 

@@ -182,7 +182,10 @@ def describe_error(error: Exception, url: S3Url | str) -> Exception:
             return StorageError(f"{url}: bucket {bucket!r} does not exist")
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return FileNotFoundError(2, "no such object", str(url))
-        if code in ("AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return PermissionError(13, f"access denied ({code}): the store does not accept these credentials "
+                                       "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE)", str(url))
+        if code in ("AccessDenied", "403", "Forbidden") or status == 403:
             return PermissionError(13, f"access denied ({code})", str(url))
         if code in ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "503") or status == 503:
             return StorageError(f"{url}: the store kept throttling requests ({code}) after retries with backoff")
