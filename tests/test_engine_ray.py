@@ -265,6 +265,63 @@ def test_a_killed_driver_resumes_on_the_local_engine(cluster, parquet_data, loca
     assert outputs(out) == outputs(local_parquet)
 
 
+def test_a_wrong_ray_address_fails_in_seconds_and_leaves_the_output_as_it_was(parquet_data, tmp_path):
+    """Nothing listening there: ray.init would retry forever, printing only Ray's GCS warnings."""
+    with socket.socket() as placeholder:  # a port nothing listens on
+        placeholder.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{placeholder.getsockname()[1]}"
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = convert("parquet", [str(parquet_data)], out, *PARQUET, "--engine", "ray", "--ray-address", address,
+                     check=False)
+    assert time.monotonic() - started < 60
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"--ray-address {address}: no Ray cluster answers there" in result.stderr, result.stderr
+    assert not (out / ".fastwds").exists(), "a run that never started leaves its state behind"
+
+
+def test_sigterm_stops_a_ray_run_like_ctrl_c(cluster, parquet_data, local_parquet, tmp_path):
+    """ray.init installs its own SIGTERM handler in the driver (a stack dump, exit 15): fastwds'
+    must win, as with the local engine: exit 143, the resume command, and a resume that completes."""
+    out = tmp_path / "out"
+    args = ["convert", "parquet", str(parquet_data), str(out), *PARQUET, "--engine", "ray", "--ray-address",
+            cluster.address]
+    with subprocess.Popen([sys.executable, "-m", "fastwds", *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as driver:
+        wait_for(lambda: driver.poll() is not None or bool(list((out / ".fastwds" / "tasks").glob("*.json"))),
+                 "a finished task")
+        assert driver.poll() is None, "the run ended before it could be stopped"
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=TIMEOUT)
+    assert driver.returncode == 143, stderr
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr
+    assert "to continue:" in stderr and "--resume" in stderr, stderr
+    convert("parquet", [str(parquet_data)], out, *PARQUET, "--resume")
+    assert outputs(out) == outputs(local_parquet)
+
+
+def test_a_node_that_sees_other_input_files_is_refused_naming_the_file(cluster, parquet_data, tmp_path):
+    """Nodes that each hold a copy of the input at the same path must hold the copy the driver
+    planned (a different one gave other shards, silently). Here the file changes after planning:
+    every node, the driver's own included, sees it differ from the plan."""
+    from fastwds.convert.run import convert as run_conversion
+    from fastwds.errors import InvalidInputError
+    from fastwds.sources import get_source
+
+    data = tmp_path / "data"
+    generate(data, rows=60, subsets=1, files_per_subset=2, row_group_rows=30, seed=9)
+    source = get_source("parquet")
+    options = source.convert_options(max_samples_per_shard=40)
+    plan = source.plan(str(data), options)
+    changed = sorted(data.rglob("*.parquet"))[1]
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(InvalidInputError) as refused:
+        run_conversion(plan, tmp_path / "out", options, command="test", show_progress=False, engine="ray",
+                       engine_settings={"address": cluster.address})
+    assert str(changed) in str(refused.value) and "not the one the driver planned" in str(refused.value)
+    assert not list((tmp_path / "out").glob("*.tar"))
+
+
 def test_a_data_error_fails_the_job_once_naming_task_and_file(cluster, tmp_path):
     import pyarrow.parquet as pq
 

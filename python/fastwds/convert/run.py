@@ -12,7 +12,7 @@ import shutil
 import time
 from typing import Any
 
-from fastwds import hf
+from fastwds import hf, storage
 from fastwds.convert.commit import new_session, remove_dead_attempts
 from fastwds.convert.engines import get_engine
 from fastwds.convert.execute import TaskJob
@@ -70,6 +70,9 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
             settings.setdefault("num_workers", options.num_workers)
         elif engine == "ray":  # nodes must decode and encode images alike when images are decoded
             settings.setdefault("check_images", options.verify_images == "full" or options.reencode is not None)
+            if not storage.is_url(plan.input_root):  # every node must see the same local files
+                settings.setdefault("input_files", [(f.path, f.size, f.mtime_ns) for f in plan.files
+                                                    if not storage.is_url(f.path)])
         log.debug("plan: %d task(s), %d pending, %s rows to convert", len(plan.tasks), len(pending),
                   f"{sum(t.num_rows for t in pending):,}")
         try:
@@ -77,6 +80,11 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         except BaseException as error:
             progress.close()
             remove_dead_attempts(output)  # the engine's workers are stopped: tidy their staging
+            if fresh and not output.recorded_tasks() and not any(name.endswith((".tar", ".idx"))
+                                                                 for name in output.list()):
+                # Nothing ran (a cluster that cannot be reached, a node refused) or nothing was
+                # published: leave the output as it was, so the same command can simply run again.
+                output.delete([STATE_DIR])
             if isinstance(error, KeyboardInterrupt):
                 finished_now = output.recorded_tasks()
                 raise ConversionInterrupted(len(finished_now), len(plan.tasks), progress.rows,

@@ -26,9 +26,11 @@ import errno
 import hashlib
 import logging
 import os
+import signal
 import socket
 import statistics
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -54,6 +56,7 @@ POLL_SECONDS = 0.2
 # How long a node may take to answer the probe before the job is refused (a node that starts a
 # worker process for it may need a few seconds; a hung one must not hang the job).
 PROBE_SECONDS = 60
+ADDRESS_SECONDS = 5  # to connect to an explicit --ray-address before Ray tries forever
 # A straggler: running longer than this many times the median of finished tasks (and at least
 # STRAGGLER_MIN_SECONDS), once STRAGGLER_MIN_FINISHED tasks have finished.
 STRAGGLER_MIN_FINISHED = 3
@@ -85,8 +88,12 @@ def core_build() -> str:
     return hashlib.sha256(Path(_core.__file__).read_bytes()).hexdigest()[:16]
 
 
-def node_facts(input_root: str, output_location: str, probe_name: str) -> dict[str, Any]:
-    """What a node must agree on with the driver (run on every node, and on the driver)."""
+def node_facts(input_root: str, output_location: str, probe_name: str,
+               input_files: Sequence[tuple[str, int, int]] = ()) -> dict[str, Any]:
+    """What a node must agree on with the driver (run on every node, and on the driver).
+    ``input_files``: (path under the input root, size, mtime_ns) of local input files, which the
+    node must see as the driver does: a copy of the input at the same path that differs would
+    give other shards, silently."""
     import PIL
     from PIL import features
 
@@ -94,13 +101,43 @@ def node_facts(input_root: str, output_location: str, probe_name: str) -> dict[s
 
     facts: dict[str, Any] = {"host": socket.gethostname(), "fastwds": __version__, "core": core_build(),
                              "python": sys.version.split()[0], "pillow": PIL.__version__,
-                             "libjpeg": features.version("jpg"), "input": can_read(input_root), "output": None}
+                             "libjpeg": features.version("jpg"), "input": can_read(input_root), "output": None,
+                             "input_differs": input_difference(input_root, input_files)}
     try:  # write a probe file the driver then looks for: the node and the driver share the output
         open_output(output_location).write_text(f"{PROBES_DIR}/{probe_name}", facts["host"])
         facts["output"] = True
     except (OSError, FastwdsError) as error:
         facts["output"] = f"cannot write there: {getattr(error, 'strerror', None) or error}"
     return facts
+
+
+def input_difference(input_root: str, input_files: Sequence[tuple[str, int, int]]) -> str | None:
+    """The first input file this machine does not see as planned (missing, another size or
+    modification time), or None."""
+    for path, size, mtime_ns in input_files:
+        location = os.path.join(input_root, path)
+        try:
+            stat = os.stat(location)
+        except OSError as error:
+            return f"{location}: {error.strerror or error}"
+        if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+            return (f"{location} has {stat.st_size:,} bytes, modified {stat.st_mtime_ns}; the driver planned "
+                    f"{size:,} bytes, modified {mtime_ns}")
+    return None
+
+
+def check_address(address: str) -> None:
+    """Fail in seconds when nothing answers at a HOST:PORT address: ray.init would retry
+    forever, saying only that the GCS does not answer, every 40 s."""
+    host, separator, port = address.rpartition(":")
+    if address in ("auto", "local") or "://" in address or not separator or not port.isdigit():
+        return  # Ray finds the cluster (auto), starts one (local), or says what is wrong itself
+    try:
+        socket.create_connection((host, int(port)), timeout=ADDRESS_SECONDS).close()
+    except OSError as error:
+        raise InvalidInputError(f"--ray-address {address}: no Ray cluster answers there "
+                                f"({getattr(error, 'strerror', None) or error}); start one with `ray start --head`, "
+                                "or give its head node's HOST:PORT") from None
 
 
 def can_read(location: str) -> bool:
@@ -155,8 +192,10 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, address: str | None = None, task_cpus: float | None = None, max_in_flight: int | None = None,
-                 retries: int = 3, straggler_factor: float = 4.0, check_images: bool = False) -> None:
+                 retries: int = 3, straggler_factor: float = 4.0, check_images: bool = False,
+                 input_files: Sequence[tuple[str, int, int]] = ()) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or "auto"
+        self.input_files = tuple(input_files)  # local input files every node must see as planned
         self.task_cpus = task_cpus
         self.max_in_flight = max_in_flight
         self.retries = retries
@@ -170,7 +209,13 @@ class RayEngine:
         started_here = not ray.is_initialized()
         if started_here:
             _send_ray_messages_to_stderr(ray)
+            check_address(self.address)
+            # ray.init installs its own SIGTERM handler in this process (a stack dump, then exit 15):
+            # the CLI's (stop as Ctrl-C does, say how to resume, exit 143) is put back.
+            on_sigterm = signal.getsignal(signal.SIGTERM)
             ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
+            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)
         try:
             self._run(ray, jobs, progress)
         finally:
@@ -271,7 +316,8 @@ class RayEngine:
             raise InvalidInputError("the Ray cluster has no node with CPUs")
         probe = ray.remote(num_cpus=0)(node_facts)
         refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(job.input_root, job.output_dir, f"{n['NodeID'][:12]}-{uuid.uuid4().hex[:6]}") for n in nodes}
+                .remote(job.input_root, job.output_dir, f"{n['NodeID'][:12]}-{uuid.uuid4().hex[:6]}", self.input_files)
+                for n in nodes}
         mine = node_facts(job.input_root, job.output_dir, f"driver-{uuid.uuid4().hex[:6]}")
         compared = ["fastwds", "core", "python"] + (["pillow", "libjpeg"] if self.check_images else [])
         problems = []
@@ -301,6 +347,10 @@ class RayEngine:
                     problems.append(f"{where}: {key} {facts[key]} there, {mine[key]} on the driver")
             if not facts["input"]:
                 problems.append(f"{where}: cannot read the input {job.input_root}")
+            elif facts["input_differs"]:
+                problems.append(f"{where}: its copy of the input is not the one the driver planned: "
+                                f"{facts['input_differs']} (give every node the same files: a shared file "
+                                "system or a bucket)")
             if facts["output"] is not True:
                 problems.append(f"{where}: the output folder {job.output_dir}: {facts['output']}")
         output = open_output(job.output_dir)
