@@ -115,6 +115,21 @@ def test_progress_bar_fits_80_columns_and_redraws_in_place(dataset, tmp_path):
     assert "fastwds convert: done" in text and "Traceback" not in text
 
 
+def test_log_lines_while_the_bar_is_up_get_lines_of_their_own(dataset, tmp_path):
+    """A message logged while the bar is drawn (here the plan and the worker count, at DEBUG) clears the bar,
+    takes a line and the bar is drawn again below it: it never lands after the bar's text."""
+    terminal = Terminal(fastwds("--log-level", "DEBUG", "convert", "parquet", str(dataset), str(tmp_path / "out"),
+                                "--num-workers", "2", "--max-samples-per-shard", "200"))
+    assert terminal.finish() == 0
+    lines = screen_lines(terminal.text())
+    # The first line logged after the bar appeared ("plan: ...") used to follow the bar's text.
+    logged = [line for line in lines if "DEBUG fastwds: plan:" in line or "worker processes" in line]
+    assert len(logged) == 2, lines
+    for line in logged:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d [\d:,]+ DEBUG fastwds: .*", line.strip()), logged
+    assert re.match(r" *\d+%\|", lines[lines.index(logged[-1]) + 1]), "the bar is not drawn again below it"
+
+
 def test_progress_is_plain_lines_when_not_a_terminal(dataset, tmp_path):
     result = run_cli("convert", "parquet", str(dataset), str(tmp_path / "out"), "--num-workers", "1")
     assert "\r" not in result.stderr and "\x1b" not in result.stderr

@@ -46,13 +46,19 @@ class ProgressReporter:
         self.started = time.monotonic()
         self.last_shown = 0.0
         self.bar = None
+        self._logs_above_bar = None
         if enabled and self.tty:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             # Compact, so that an 80-column terminal keeps a bar of ~14 cells.
             self.bar = tqdm(total=total_rows, unit=" rows", file=self.stream, dynamic_ncols=True, smoothing=0.1,
                             mininterval=self.interval, unit_scale=True,
                             bar_format="{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
+            # Log lines while the bar is up go above it (tqdm clears and redraws the bar), not
+            # onto the bar's own line.
+            self._logs_above_bar = logging_redirect_tqdm(tqdm_class=tqdm)
+            self._logs_above_bar.__enter__()
 
     def update(self, rows: int, written: int, size: int) -> None:
         self.rows += rows
@@ -118,3 +124,6 @@ class ProgressReporter:
             self.bar.set_postfix_str(self.postfix(), refresh=False)
             self.bar.close()
             self.bar = None
+        if self._logs_above_bar is not None:
+            self._logs_above_bar.__exit__(None, None, None)
+            self._logs_above_bar = None
