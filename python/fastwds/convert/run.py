@@ -40,15 +40,23 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
     if not any(task.num_rows for task in plan.tasks):  # before anything is written: 0 samples is no success
         raise InvalidInputError(f"{plan.input_root}: the input has no rows ({len(plan.files):,} file(s), 0 rows); "
                                 "nothing to convert")
+    created = not storage.is_url(output_dir) and not os.path.exists(output_dir)
     output = open_output(output_dir)
     fresh = not output.list(STATE_DIR)
+
+    def leave_as_it_was() -> None:
+        """A run that wrote nothing removes its state (and the folder it made, if still empty)."""
+        output.delete([STATE_DIR])
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(output_dir)
     with output.lock(), contextlib.closing(output):
         session = new_session()
         try:
             resumed = prepare_output(output, plan, options, resume, overwrite, session)
         except BaseException:
-            if fresh:  # refused before starting: leave the output as it was
-                output.delete([STATE_DIR])
+            if fresh:  # refused before starting
+                leave_as_it_was()
             raise
         if removed := remove_dead_attempts(output):
             log.info("removed the staging files of %d attempt(s) of an earlier run", removed)
@@ -83,8 +91,8 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
             if fresh and not output.recorded_tasks() and not any(name.endswith((".tar", ".idx"))
                                                                  for name in output.list()):
                 # Nothing ran (a cluster that cannot be reached, a node refused) or nothing was
-                # published: leave the output as it was, so the same command can simply run again.
-                output.delete([STATE_DIR])
+                # published: the same command can simply run again.
+                leave_as_it_was()
             if isinstance(error, KeyboardInterrupt):
                 finished_now = output.recorded_tasks()
                 raise ConversionInterrupted(len(finished_now), len(plan.tasks), progress.rows,
