@@ -20,10 +20,13 @@ def fsync_directory(path: str | os.PathLike) -> None:
 
 def temporary_name(name: str) -> str:
     """The name ``write_bytes_atomically`` writes ``name`` under first: unique to this process
-    and thread, so concurrent writers of the same path never share one."""
+    and thread, so concurrent writers of the same path never share one (``TEMPORARY`` matches it)."""
     import threading
 
     return f"{name}.{os.getpid()}-{threading.get_ident()}.partial"
+
+
+TEMPORARY = re.compile(r"\.\d+-\d+\.partial$")
 
 
 def remove_temporaries(folder: Path) -> int:
@@ -31,7 +34,7 @@ def remove_temporaries(folder: Path) -> int:
     one else can be writing there: convert holds the output's run lock). Returns how many."""
     removed = 0
     for path in folder.glob("*.partial"):
-        if re.search(r"\.\d+-\d+\.partial$", path.name):
+        if TEMPORARY.search(path.name):
             path.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -50,6 +50,7 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(output_dir)
+
     with output.lock(), contextlib.closing(output):
         session = new_session()
         try:
@@ -107,9 +108,9 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         if changed := changed_files(plan.input_root, plan.files):
             more = f" (and {len(changed) - 1:,} more)" if len(changed) > 1 else ""
             raise InputChangedError(f"{changed[0]}{more}: changed while it was being converted (its size or "
-                                    "modification time, or ETag in a bucket, is not the plan's), so its shards may mix old and new "
-                                    "rows; the run did not finish. Convert again with --overwrite once the input "
-                                    "stays as it is.")
+                                    "modification time, or ETag in a bucket, is not the plan's), so its shards "
+                                    "may mix old and new rows; the run did not finish. Convert again with "
+                                    "--overwrite once the input stays as it is.")
         records = [read_record(output, t) for t in plan.tasks]
         manifest = finalize(output, plan, options, records, command, time.perf_counter() - started, resumed,
                             engine)

@@ -159,7 +159,7 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
         return pl.Series(file_ids[number][first:first + ID_PIECE_ROWS], dtype=pl.String)
 
     repeated = id_hashes.find_repeated(ids_of, keep_hashes=any(without_id))
-    renamed = rename_derived(repeated, without_id, rejected, id_hashes, files, sources, position_rows(sources))
+    renamed = rename_derived(repeated, without_id, rejected, id_hashes, sources, position_rows(sources))
     return Plan("sft", root, tuple(sources), attach(tasks, offsets, rejected, renamed))
 
 
@@ -174,8 +174,8 @@ def position_rows(sources: list[SourceFile]) -> Callable[[int], tuple[int, int]]
 
 
 def rename_derived(repeated: dict[int, tuple[str, str, int]], without_id: bytearray,
-                   rejected: dict[int, tuple[str, str]], id_hashes: KeyHashes, files: list[str],
-                   sources: list[SourceFile], locate: Callable[[int], tuple[int, int]]) -> dict[int, str]:
+                   rejected: dict[int, tuple[str, str]], id_hashes: KeyHashes, sources: list[SourceFile],
+                   locate: Callable[[int], tuple[int, int]]) -> dict[int, str]:
     """Record in ``rejected`` the rows whose key an earlier row has, except where one of the two has
     no id of its own: a derived id (``file-row``) never costs a row that has its own id, nor one
     without (``a.json`` and ``a.jsonl`` derive the same ids). Such a derived id gives way instead: the
