@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -286,6 +288,23 @@ def test_store_errors_are_one_clear_line_naming_the_url(server, s3, tmp_path):
     assert anonymous.returncode == 1 and "no AWS credentials" in anonymous.stderr
     for result in (missing, denied, unknown_keys, anonymous):
         assert "Traceback" not in result.stderr
+
+
+def test_a_store_that_does_not_answer_is_said_so_at_each_retry(tmp_path):
+    """Retries of requests that get no answer are warnings as they happen (a store that accepts
+    connections and never answers was minutes of silence), as many as AWS_MAX_ATTEMPTS allows."""
+    with socket.socket() as placeholder:  # a port nothing listens on
+        placeholder.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{placeholder.getsockname()[1]}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ENDPOINT_URL": endpoint,
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "3"}
+    result = subprocess.run([sys.executable, "-m", "fastwds", "verify", f"s3://{BUCKET}/x"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    retries = [line for line in result.stderr.splitlines() if "WARNING fastwds: s3 ListObjectsV2" in line]
+    assert [re.search(r"retrying \(attempt (\d) of 3\)", line).group(1) for line in retries] == ["2", "3"], retries
+    assert result.stderr.strip().splitlines()[-1].startswith(f"fastwds: error: s3://{BUCKET}/x: Could not connect")
 
 
 @pytest.mark.parametrize("output", ["gs://bucket/out", "s3:/bucket/out", "https://host/out"])
