@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -158,6 +160,17 @@ def test_resume_refuses_changed_input(tmp_path):
     write_rows(data / "b.parquet", rows()[3:5])
     result = run_cli("convert", "parquet", str(data), str(out), "--resume", check=False)
     assert result.returncode == 1 and "input changed" in result.stderr
+    # It says which file: added, then modified (another mtime), then removed.
+    assert "(added b.parquet)" in result.stderr, result.stderr
+    os.utime(data / "a.parquet", ns=(time.time_ns(), time.time_ns() + 10**9))
+    (data / "b.parquet").unlink()
+    result = run_cli("convert", "parquet", str(data), str(out), "--resume", check=False)
+    assert result.returncode == 1 and "(modified a.parquet)" in result.stderr, result.stderr
+    write_rows(data / "c.parquet", rows()[3:5])
+    run_cli("convert", "parquet", str(data), str(out), "--overwrite", "--no-progress")
+    (data / "c.parquet").unlink()
+    result = run_cli("convert", "parquet", str(data), str(out), "--resume", check=False)
+    assert result.returncode == 1 and "(removed c.parquet)" in result.stderr, result.stderr
 
 
 def test_clear_errors_for_bad_input(tmp_path):

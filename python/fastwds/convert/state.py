@@ -31,7 +31,21 @@ log = logging.getLogger("fastwds")
 def wanted_run(plan: Plan, options: ConvertOptions) -> dict[str, Any]:
     """What ``run.json`` holds, normalised through JSON (tuples -> lists) as read back."""
     return json.loads(json.dumps({"plan": plan.fingerprint(), "options": options.output_options(),
-                                  "tasks": [t.name for t in plan.tasks]}, default=str))
+                                  "tasks": [t.name for t in plan.tasks],
+                                  # so that a refused resume can say which files changed
+                                  "files": [[f.path, f.size, f.mtime_ns, f.etag] for f in plan.files]}, default=str))
+
+
+def input_changes(before: list[list[Any]], now: list[list[Any]]) -> str:
+    """Which input files were added, removed or modified between two runs' file lists."""
+    old, new = ({path: rest for path, *rest in files} for files in (before, now))
+    parts = []
+    for word, names in (("added", sorted(new.keys() - old.keys())), ("removed", sorted(old.keys() - new.keys())),
+                        ("modified", sorted(p for p in new.keys() & old.keys() if new[p] != old[p]))):
+        if names:
+            more = f" and {len(names) - 3:,} more" if len(names) > 3 else ""
+            parts.append(f"{word} {', '.join(names[:3])}{more}")
+    return "; ".join(parts) or "the same files, cut into other tasks"
 
 
 def prepare_output(output: Output, plan: Plan, options: ConvertOptions, resume: bool, overwrite: bool,
@@ -50,12 +64,13 @@ def prepare_output(output: Output, plan: Plan, options: ConvertOptions, resume: 
         else:
             if previous["options"] != wanted["options"]:
                 changed = sorted(k for k in wanted["options"] if previous["options"].get(k) != wanted["options"][k])
-                raise ResumeMismatchError(f"cannot resume {output.location}: options differ from the interrupted "
+                raise ResumeMismatchError(f"cannot resume {output.location}: options differ from the earlier "
                                           f"run ({', '.join(changed)}); use the same options, or --overwrite")
             if previous["plan"] != wanted["plan"]:
+                what = (input_changes(previous["files"], wanted["files"]) if "files" in previous
+                        else "files added, removed or modified")  # a run.json of an earlier version
                 raise ResumeMismatchError(f"cannot resume {output.location}: the input changed since the "
-                                          "earlier run (files added, removed or modified); use --overwrite "
-                                          "to start over")
+                                          f"earlier run ({what}); use --overwrite to start over")
             resuming = True
     elif resume:
         log.info("%s: nothing to resume, starting a new run", output.location)
