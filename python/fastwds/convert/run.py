@@ -80,8 +80,7 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         elif engine == "ray":  # nodes must decode and encode images alike when images are decoded
             settings.setdefault("check_images", options.verify_images == "full" or options.reencode is not None)
             if not storage.is_url(plan.input_root):  # every node must see the same local files
-                settings.setdefault("input_files", [(f.path, f.size, f.mtime_ns) for f in plan.files
-                                                    if not storage.is_url(f.path)])
+                settings.setdefault("input_files", [f for f in plan.files if not storage.is_url(f.path)])
         log.debug("plan: %d task(s), %d pending, %s rows to convert", len(plan.tasks), len(pending),
                   f"{sum(t.num_rows for t in pending):,}")
         try:

@@ -45,6 +45,7 @@ from fastwds.convert.execute import TaskJob, execute_task
 from fastwds import storage
 from fastwds.convert.layout import PROBES_DIR
 from fastwds.convert.output import open_output
+from fastwds.convert.plan import SourceFile, changed_files
 from fastwds.errors import FastwdsError, InvalidInputError
 
 log = logging.getLogger("fastwds")
@@ -89,11 +90,11 @@ def core_build() -> str:
 
 
 def node_facts(input_root: str, output_location: str, probe_name: str,
-               input_files: Sequence[tuple[str, int, int]] = ()) -> dict[str, Any]:
+               input_files: Sequence[SourceFile] = ()) -> dict[str, Any]:
     """What a node must agree on with the driver (run on every node, and on the driver).
-    ``input_files``: (path under the input root, size, mtime_ns) of local input files, which the
-    node must see as the driver does: a copy of the input at the same path that differs would
-    give other shards, silently."""
+    ``input_files``: the plan's local input files, which the node must see as the driver planned
+    them (``changed_files``, the check a run makes at its end): a copy of the input at the same
+    path that differs would give other shards, silently."""
     import PIL
     from PIL import features
 
@@ -102,28 +103,13 @@ def node_facts(input_root: str, output_location: str, probe_name: str,
     facts: dict[str, Any] = {"host": socket.gethostname(), "fastwds": __version__, "core": core_build(),
                              "python": sys.version.split()[0], "pillow": PIL.__version__,
                              "libjpeg": features.version("jpg"), "input": can_read(input_root), "output": None,
-                             "input_differs": input_difference(input_root, input_files)}
+                             "input_differs": next(iter(changed_files(input_root, input_files)), None)}
     try:  # write a probe file the driver then looks for: the node and the driver share the output
         open_output(output_location).write_text(f"{PROBES_DIR}/{probe_name}", facts["host"])
         facts["output"] = True
     except (OSError, FastwdsError) as error:
         facts["output"] = f"cannot write there: {getattr(error, 'strerror', None) or error}"
     return facts
-
-
-def input_difference(input_root: str, input_files: Sequence[tuple[str, int, int]]) -> str | None:
-    """The first input file this machine does not see as planned (missing, another size or
-    modification time), or None."""
-    for path, size, mtime_ns in input_files:
-        location = os.path.join(input_root, path)
-        try:
-            stat = os.stat(location)
-        except OSError as error:
-            return f"{location}: {error.strerror or error}"
-        if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
-            return (f"{location} has {stat.st_size:,} bytes, modified {stat.st_mtime_ns}; the driver planned "
-                    f"{size:,} bytes, modified {mtime_ns}")
-    return None
 
 
 def check_address(address: str) -> None:
@@ -193,7 +179,7 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, task_cpus: float | None = None, max_in_flight: int | None = None,
                  retries: int = 3, straggler_factor: float = 4.0, check_images: bool = False,
-                 input_files: Sequence[tuple[str, int, int]] = ()) -> None:
+                 input_files: Sequence[SourceFile] = ()) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or "auto"
         self.input_files = tuple(input_files)  # local input files every node must see as planned
         self.task_cpus = task_cpus
@@ -349,8 +335,8 @@ class RayEngine:
                 problems.append(f"{where}: cannot read the input {job.input_root}")
             elif facts["input_differs"]:
                 problems.append(f"{where}: its copy of the input is not the one the driver planned: "
-                                f"{facts['input_differs']} (give every node the same files: a shared file "
-                                "system or a bucket)")
+                                f"{facts['input_differs']} is missing there or has another size or modification "
+                                "time (give every node the same files: a shared file system or a bucket)")
             if facts["output"] is not True:
                 problems.append(f"{where}: the output folder {job.output_dir}: {facts['output']}")
         output = open_output(job.output_dir)
