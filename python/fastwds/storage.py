@@ -372,8 +372,13 @@ def list_files(root: str, hidden: bool = False) -> list[FileEntry]:
                 stat = stat_local(path)
                 entries.append(FileEntry(os.path.relpath(path, root).replace(os.sep, "/"), stat.st_size,
                                          stat.st_mtime_ns, None))
-    visible = [e for e in entries if hidden or not any(part.startswith(".") for part in e.relative.split("/"))]
+    visible = [e for e in entries if hidden or not is_hidden(e.relative)]
     return sorted(visible, key=lambda e: e.relative.split("/"))
+
+
+def is_hidden(relative: str) -> bool:
+    """Whether a '/'-separated relative path is in, or is, a hidden file or folder."""
+    return any(part.startswith(".") for part in relative.split("/"))
 
 
 def stat_file(location: str) -> FileEntry:

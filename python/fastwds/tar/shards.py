@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fastwds import storage
+from fastwds.convert.layout import RUN_FILE, TASKS_DIR
+from fastwds.energon import META_DIR
 from fastwds.errors import InvalidInputError
 from fastwds.paths import expand_braces, matching_files
 
@@ -95,7 +97,7 @@ def expand_shards(spec: str | os.PathLike) -> ShardSet:
             found.extend(Path(directory) / f for f in filenames if is_shard_name(f))
         if not found:
             raise InvalidInputError(f"{spec}: no shards (.tar files) in this folder or below it"
-                                    + (UNFINISHED if (root / ".fastwds" / "run.json").is_file() else ""))
+                                    + (UNFINISHED if (root / RUN_FILE).is_file() else ""))
         return ShardSet(sorted(found, key=lambda p: os.path.relpath(p, root).split(os.sep)), root, True)
     if os.path.isfile(spec):
         return ShardSet([Path(spec)], Path(spec).parent, False)
@@ -115,15 +117,14 @@ SIDECAR_SUFFIXES = (".json", ".idx", ".yaml", ".sqlite", ".uuid", ".py", ".md")
 def is_sidecar(relative: str) -> bool:
     """Whether verify reads this file beside the shards: the visible ones, Energon's .nv-meta and
     the parts of fastwds' run state that say whether the run finished (not the attempt log)."""
-    parts = relative.split("/")
-    if not any(part.startswith(".") for part in parts):
+    if not storage.is_hidden(relative):
         return True
-    return parts[0] == ".nv-meta" or relative == ".fastwds/run.json" or is_task_record(relative)
+    return relative.startswith(f"{META_DIR}/") or relative == RUN_FILE or is_task_record(relative)
 
 
 def is_task_record(relative: str) -> bool:
-    parts = relative.split("/")
-    return len(parts) == 3 and parts[:2] == [".fastwds", "tasks"] and parts[2].endswith(".json")
+    folder, _, name = relative.rpartition("/")
+    return folder == TASKS_DIR and name.endswith(".json")
 
 
 def _remote_shards(spec: str) -> ShardSet:
@@ -133,9 +134,9 @@ def _remote_shards(spec: str) -> ShardSet:
         root = candidates[0].rstrip("/")
         entries = storage.list_files(root, hidden=True)  # .nv-meta/ and fastwds' run state too
         shards = [storage.join(root, e.relative) for e in entries if is_shard_name(e.relative.rsplit("/", 1)[-1])
-                  and not any(part.startswith(".") for part in e.relative.split("/"))]
+                  and not storage.is_hidden(e.relative)]
         if not shards:
-            unfinished = any(e.relative == ".fastwds/run.json" for e in entries)
+            unfinished = any(e.relative == RUN_FILE for e in entries)
             raise InvalidInputError(f"{spec}: no shards (.tar objects) under this prefix"
                                     + (UNFINISHED if unfinished else ""))
     else:
