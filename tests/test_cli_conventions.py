@@ -311,7 +311,12 @@ def test_output_into_a_closed_pipe_ends_quietly(shards, dataset, tmp_path, comma
     (["convert", "video", "IN", "OUT"], "invalid choice: 'video'"),
     (["inspect", "x.tar", "-n", "0"], "-n"),
     (["verify", "x.tar", "--source-root", "src"], "--source-root"),
-    ([], "the following arguments are required: COMMAND"),
+    ([], "choose a COMMAND: convert, bench, inspect, verify"),
+    (["convert"], "choose a SOURCE: parquet, sft, npz"),
+    (["bench"], "choose a BENCHMARK: write, convert"),
+    # An unknown option is named, not hidden behind the missing subcommand.
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["convert", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_usage_errors_exit_2_with_the_usage(args, message):
     result = run_cli(*args, check=False)

@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fastwds {__version__}")
     add_log_level(parser, "INFO")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Not required=True: argparse would then report a missing COMMAND before an unknown option
+    # (``fastwds --bogus``); ``missing_choice`` checks it after parsing instead.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     convert = commands.add_parser("convert", help="convert a dataset into WebDataset shards", parents=parents(),
                                   description="Convert a dataset into validated WebDataset shards.")
     convert_cli.add_arguments(convert)
@@ -47,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cli.add_arguments(verify)
     verify.set_defaults(parser=verify)
     return parser
+
+
+def missing_choice(parser: argparse.ArgumentParser,
+                   args: argparse.Namespace) -> tuple[argparse.ArgumentParser, argparse.Action] | None:
+    """The (sub)command parser whose subcommand was not given (``fastwds``, ``fastwds convert``)
+    and its subcommands, or None. The subcommand groups are optional to argparse so that an
+    unknown option is named first: ``fastwds --bogus`` says "unrecognized arguments: --bogus",
+    not "the following arguments are required: COMMAND"."""
+    while choices := next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None):
+        chosen = getattr(args, choices.dest, None)
+        if chosen is None:
+            return parser, choices
+        parser = choices.choices[chosen]
+    return None
 
 
 class _Terminated:
@@ -84,6 +100,9 @@ def _main(argv: list[str] | None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if missing := missing_choice(parser, args):
+        command, choices = missing
+        command.error(f"choose a {choices.metavar}: {', '.join(choices.choices)}")
     # fastwds' own messages at the level asked for; other libraries' (asyncio, Ray) at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

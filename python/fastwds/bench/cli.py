@@ -30,7 +30,7 @@ SUBCOMMANDS["upload"] = Subcommand(upload.HELP, upload.add_arguments, upload.run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")  # checked by cli.missing_choice
     for name, command in SUBCOMMANDS.items():
         sub = benchmarks.add_parser(name, help=command.help, description=command.help, parents=parents())
         sub.add_argument("--repeat", type=positive(int), default=3, metavar="N",

@@ -206,7 +206,7 @@ def resume_command() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    subcommands = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    subcommands = parser.add_subparsers(dest="source", metavar="SOURCE")  # checked by cli.missing_choice
     for name in SOURCES:
         source = get_source(name)
         sub = subcommands.add_parser(name, help=source.help, description=source.description,
