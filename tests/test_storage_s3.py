@@ -178,6 +178,18 @@ def test_a_run_into_a_bucket_leaves_no_scratch_folder(server, s3, tmp_path, monk
     assert not [p for p in scratch.rglob("*") if p.is_file() or p.name == "attempts"], list(scratch.rglob("*"))
 
 
+def test_a_url_with_doubled_slashes_is_shown_as_it_is_used(server, s3, tmp_path):
+    """``s3://b//x//`` writes under ``x/``; the summary names that prefix, not the spelling typed."""
+    root = tmp_path / "pq"
+    generate(root, rows=20, subsets=1, files_per_subset=1, row_group_rows=20, seed=16)
+    url = f"s3://{BUCKET}//doubled//out//"
+    printed = run_cli("convert", "parquet", str(root), url, "--no-progress").stdout
+    assert re.search(rf"^ +output +s3://{BUCKET}/doubled/out$", printed, re.M), printed
+    summary = json.loads(run_cli("convert", "parquet", str(root), url, "--overwrite", "--json").stdout)
+    assert summary["output_dir"] == f"s3://{BUCKET}/doubled/out", summary
+    assert "manifest.json" in objects(s3, "doubled/out")
+
+
 def test_killed_mid_upload_leaves_no_finished_looking_object_and_resume_completes(server, s3, tmp_path):
     root = tmp_path / "pq"
     generate(root, rows=360, subsets=2, files_per_subset=1, row_group_rows=60, seed=10)  # two ~15 MB shards

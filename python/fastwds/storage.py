@@ -84,6 +84,14 @@ def parse_url(location: str | os.PathLike) -> S3Url:
     return S3Url(bucket, posixpath.normpath(key).lstrip("/") if key.strip("/") else "")
 
 
+def display_location(location: str | os.PathLike) -> str:
+    """How a location is shown to the user: an absolute path, or the URL as it is used
+    (``s3://b//x//`` is read and written as ``s3://b/x``)."""
+    if is_url(location):
+        return str(parse_url(location)).rstrip("/")
+    return os.path.abspath(location)
+
+
 def check_location(location: str | os.PathLike) -> None:
     """Refuse what looks like a URL but is not one fastwds handles, and ``s3:/x`` typos that
     would become local folders."""

@@ -115,7 +115,7 @@ def print_summary(manifest: dict[str, Any], output_dir: str, as_json: bool,
                   extra: list[tuple[str, str]] = ()) -> None:
     totals = manifest["totals"]
     if as_json:
-        summary = {"output_dir": output_dir if storage.is_url(output_dir) else os.path.abspath(output_dir), **totals,
+        summary = {"output_dir": storage.display_location(output_dir), **totals,
                    "invalid_by_reason": manifest["invalid_by_reason"],
                    "elapsed_seconds": manifest["elapsed_seconds"], "resumed": manifest["resumed"],
                    "shards": [s["name"] for s in manifest["shards"]]}
@@ -128,7 +128,7 @@ def print_summary(manifest: dict[str, Any], output_dir: str, as_json: bool,
     # A resumed run converted only the tasks left: its speed is theirs over its own time.
     converted = manifest.get("this_run", {}).get("rows", totals["rows"])
     converted_bytes = manifest.get("this_run", {}).get("bytes", totals["bytes"])
-    where = output_dir.rstrip("/") if storage.is_url(output_dir) else os.path.abspath(output_dir)
+    where = storage.display_location(output_dir)
     rows = [("total rows", f"{totals['rows']:,}"), ("valid", f"{totals['rows'] - totals['invalid']:,}"),
             ("invalid", f"{totals['invalid']:,}")]
     rows += [(f"  {reason}", f"{count:,}") for reason, count in manifest["invalid_by_reason"].items()]
