@@ -190,6 +190,23 @@ def test_a_url_with_doubled_slashes_is_shown_as_it_is_used(server, s3, tmp_path)
     assert "manifest.json" in objects(s3, "doubled/out")
 
 
+def test_a_resume_reads_each_finished_task_record_once(server, s3, tmp_path):
+    """A resume checks the finished tasks' shards and builds the manifest from one GET of each
+    task record, not one for each purpose."""
+    root = tmp_path / "pq"
+    generate(root, rows=60, subsets=1, files_per_subset=3, row_group_rows=20, seed=17)
+    url = f"s3://{BUCKET}/records-once"
+    run_cli("convert", "parquet", str(root), url, "--max-samples-per-shard", "20", "--no-progress")
+    tasks = [key for key in objects(s3, "records-once") if key.startswith(".fastwds/tasks/")]
+    assert len(tasks) == 3, tasks
+    server.clear()
+    resumed = run_cli("convert", "parquet", str(root), url, "--max-samples-per-shard", "20", "--resume",
+                      "--no-progress")
+    assert "3 of 3 tasks already finished" in resumed.stderr, resumed.stderr
+    reads = [r.path for r in server.requests if r.method == "GET" and "/.fastwds/tasks/" in r.path]
+    assert sorted(reads) == sorted(f"/{BUCKET}/records-once/{key}" for key in tasks), reads
+
+
 def test_killed_mid_upload_leaves_no_finished_looking_object_and_resume_completes(server, s3, tmp_path):
     root = tmp_path / "pq"
     generate(root, rows=360, subsets=2, files_per_subset=1, row_group_rows=60, seed=10)  # two ~15 MB shards

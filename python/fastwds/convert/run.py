@@ -21,7 +21,7 @@ from fastwds.convert.manifest import build_manifest
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.output import Output, open_output
 from fastwds.convert.plan import Plan, changed_files
-from fastwds.convert.state import prepare_output, read_record, tasks_with_missing_shards
+from fastwds.convert.state import missing_shards, prepare_output, read_record
 from fastwds.errors import InputChangedError, InvalidInputError, NothingWrittenError
 from fastwds.indexes import wids_document
 from fastwds.progress import ProgressReporter
@@ -64,11 +64,15 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
         if removed := output.remove_temporaries():
             log.info("removed %d temporary file(s) an earlier run left", removed)
         finished = output.recorded_tasks()
-        if resumed:  # a finished task whose shard was deleted since is converted again
-            for name, gone in tasks_with_missing_shards(output, [t for t in plan.tasks if t.name in finished]).items():
-                log.warning("task %s had finished, but %s %s gone from the output: converting it again", name,
-                            ", ".join(gone), "is" if len(gone) == 1 else "are")
-                finished.discard(name)
+        # The records of tasks finished by earlier runs, read once (a GET each in a bucket): for
+        # the check below and for the manifest.
+        earlier = {t.name: read_record(output, t) for t in plan.tasks if t.name in finished} if resumed else {}
+        for name, gone in missing_shards(earlier, set(output.list())).items():
+            # A finished task whose shard was deleted since is converted again.
+            log.warning("task %s had finished, but %s %s gone from the output: converting it again", name,
+                        ", ".join(gone), "is" if len(gone) == 1 else "are")
+            finished.discard(name)
+            del earlier[name]
         pending = [t for t in plan.tasks if t.name not in finished]
         if resumed:
             log.info("resuming: %d of %d tasks already finished", len(plan.tasks) - len(pending), len(plan.tasks))
@@ -110,7 +114,7 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
                                     "modification time, or ETag in a bucket, is not the plan's), so its shards "
                                     "may mix old and new rows; the run did not finish. Convert again with "
                                     "--overwrite once the input stays as it is.")
-        records = [read_record(output, t) for t in plan.tasks]
+        records = [earlier[t.name] if t.name in earlier else read_record(output, t) for t in plan.tasks]
         manifest = finalize(output, plan, options, records, command, time.perf_counter() - started, resumed,
                             engine)
         done = {t.name for t in pending}

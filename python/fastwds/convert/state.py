@@ -108,15 +108,14 @@ def read_record(output: Output, task: Task) -> dict[str, Any]:
     return json.loads(output.read_text(task_record(task.name)))
 
 
-def tasks_with_missing_shards(output: Output, tasks: list[Task]) -> dict[str, list[str]]:
-    """Finished tasks (with a record) whose shards are no longer in the output, by task: a resume
-    converts them again instead of finishing a manifest that lists files that are gone."""
-    present = set(output.list())
+def missing_shards(records: dict[str, dict[str, Any]], present: set[str]) -> dict[str, list[str]]:
+    """The finished tasks (name: record) whose shards are no longer among ``present``, with the
+    names gone: a resume converts them again instead of finishing a manifest that lists files
+    that are gone."""
     missing = {}
-    for task in tasks:
-        gone = [shard["name"] for shard in read_record(output, task)["shards"] if shard["name"] not in present]
-        if gone:
-            missing[task.name] = gone
+    for name, record in records.items():
+        if gone := [shard["name"] for shard in record["shards"] if shard["name"] not in present]:
+            missing[name] = gone
     return missing
 
 
