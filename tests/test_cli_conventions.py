@@ -420,3 +420,15 @@ def test_every_option_of_every_command_has_help():
 
     walk(build_parser(), ["fastwds"])
     assert not missing, missing
+
+
+def test_the_command_starts_no_openblas_threads():
+    """The CLI does no linear algebra: numpy imported by it starts no OpenBLAS thread pool (a
+    thread per core, spinning after import, in every worker process too); a user's own setting
+    is kept."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    count = [sys.executable, "-c", "import fastwds.cli, numpy, os; print(len(os.listdir('/proc/self/task')), "
+                                   "os.environ['OPENBLAS_NUM_THREADS'])"]
+    assert subprocess.run(count, env=env, capture_output=True, text=True, check=True).stdout.split() == ["1", "1"]
+    kept = subprocess.run(count, env={**env, "OPENBLAS_NUM_THREADS": "2"}, capture_output=True, text=True, check=True)
+    assert kept.stdout.split()[1] == "2"

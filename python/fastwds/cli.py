@@ -15,6 +15,12 @@ import os
 import signal
 import sys
 
+# fastwds does no linear algebra. numpy's OpenBLAS otherwise starts a thread per core when numpy is
+# imported, and they spin for a while: ~0.1 CPU-s per process here, in every worker process too
+# (they inherit the environment), on a 32-core node 31 spinning threads per process. Set before
+# anything imports numpy; a value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from fastwds import __version__
