@@ -20,10 +20,8 @@ from fastwds.convert.plan import Task
 from fastwds.media import ImageData, ImageInfo, decode_problem, inspect_images, payload_bytes, reencode_jpeg
 from fastwds.reasons import Problem
 from fastwds.sources.base import RowBatch
+from fastwds.tokens import MEDIA_TOKENS
 
-IMAGE_TOKEN = "<image>"
-VIDEO_TOKEN = "<video>"
-MEDIA_TOKENS = {"image": IMAGE_TOKEN, "video": VIDEO_TOKEN}
 TOKEN_MISMATCH = {"image": "image_token_mismatch", "video": "video_token_mismatch"}
 
 # LLaVA's {from, value} spelling and the role names it uses.

@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fastwds.sources.chat import IMAGE_TOKEN
 from fastwds.tar.format import is_unsafe_path
 from fastwds.tar.scanner import TarMember
+from fastwds.tokens import IMAGE_TOKEN
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 IMAGE_EXTENSIONS = frozenset(("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"))
