@@ -432,3 +432,21 @@ def test_the_command_starts_no_openblas_threads():
     assert subprocess.run(count, env=env, capture_output=True, text=True, check=True).stdout.split() == ["1", "1"]
     kept = subprocess.run(count, env={**env, "OPENBLAS_NUM_THREADS": "2"}, capture_output=True, text=True, check=True)
     assert kept.stdout.split()[1] == "2"
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["inspect", "{shard}", "-n", "1"], ["verify", "{shard}"]])
+def test_commands_that_read_shards_start_without_the_conversion_stack(tmp_path, args):
+    """``--help``, ``--version``, ``inspect`` and ``verify`` do not import polars or pyarrow (most
+    of the ~0.8 s every command took to start): only the command asked for is set up."""
+    import fastwds
+
+    shard = tmp_path / "a-000000.tar"
+    with fastwds.ShardWriter(str(tmp_path / "a-%06d.tar")) as writer:
+        writer.write({"__key__": "k0", "json": {"id": "k0"}})
+    argv = [arg.format(shard=shard) for arg in args]
+    code = ("import contextlib, io, sys\nfrom fastwds.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    try:\n        code = main({argv!r})\n    except SystemExit as exit:\n        code = exit.code\n"
+            "print(code, sorted(name for name in ('polars', 'pyarrow') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "0 []", (result.stdout, result.stderr)

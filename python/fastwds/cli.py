@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 # fastwds does no linear algebra. numpy's OpenBLAS otherwise starts a thread per core when numpy is
 # imported, and they spin for a while: ~0.1 CPU-s per process here, in every worker process too
@@ -22,13 +23,22 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The commands and their one-line help: ``fastwds --help`` lists them without importing them.
+COMMANDS = {
+    "convert": "convert a dataset into WebDataset shards",
+    "bench": "measure fastwds against the alternatives on this machine",
+    "inspect": "show the samples of shards (any producer)",
+    "verify": "check shards, keys, JSON, images and indexes; exit 1 on errors",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, the arguments of that command alone (the others
+    are listed but empty), so a command imports only what it uses: ``convert`` and ``bench``
+    import polars and pyarrow, which took most of the ~0.8 s ``fastwds inspect`` or ``--help``
+    needed to start. ``only=""``: no command's arguments."""
     from fastwds import __version__
-    from fastwds import inspect as inspect_cli
-    from fastwds.arguments import add_log_level, parents
-    from fastwds.bench import cli as bench_cli
-    from fastwds.convert import cli as convert_cli
-    from fastwds.verify import cli as verify_cli
+    from fastwds.arguments import add_log_level
 
     parser = argparse.ArgumentParser(
         prog="fastwds",
@@ -39,22 +49,57 @@ def build_parser() -> argparse.ArgumentParser:
     # Not required=True: argparse would then report a missing COMMAND before an unknown option
     # (``fastwds --bogus``); ``missing_choice`` checks it after parsing instead.
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    convert = commands.add_parser("convert", help="convert a dataset into WebDataset shards", parents=parents(),
+    for name, help in COMMANDS.items():
+        if only is not None and name != only:
+            commands.add_parser(name, help=help)
+        else:
+            ADD_COMMAND[name](commands, help)
+    return parser
+
+
+def _add_convert(commands: Any, help: str) -> None:
+    from fastwds.arguments import parents
+    from fastwds.convert import cli as convert_cli
+
+    convert = commands.add_parser("convert", help=help, parents=parents(),
                                   description="Convert a dataset into validated WebDataset shards.")
     convert_cli.add_arguments(convert)
-    bench = commands.add_parser("bench", help="measure fastwds against the alternatives on this machine",
-                                parents=parents())
+
+
+def _add_bench(commands: Any, help: str) -> None:
+    from fastwds.arguments import parents
+    from fastwds.bench import cli as bench_cli
+
+    bench = commands.add_parser("bench", help=help, parents=parents())
     bench_cli.add_arguments(bench)
     bench.set_defaults(run=bench_cli.run, parser=bench)
-    inspect = commands.add_parser("inspect", help="show the samples of shards (any producer)",
-                                  description=inspect_cli.DESCRIPTION, parents=parents())
+
+
+def _add_inspect(commands: Any, help: str) -> None:
+    from fastwds import inspect as inspect_cli
+    from fastwds.arguments import parents
+
+    inspect = commands.add_parser("inspect", help=help, description=inspect_cli.DESCRIPTION, parents=parents())
     inspect_cli.add_arguments(inspect)
     inspect.set_defaults(parser=inspect)
-    verify = commands.add_parser("verify", help="check shards, keys, JSON, images and indexes; exit 1 on errors",
-                                 description=verify_cli.DESCRIPTION, parents=parents())
+
+
+def _add_verify(commands: Any, help: str) -> None:
+    from fastwds.arguments import parents
+    from fastwds.verify import cli as verify_cli
+
+    verify = commands.add_parser("verify", help=help, description=verify_cli.DESCRIPTION, parents=parents())
     verify_cli.add_arguments(verify)
     verify.set_defaults(parser=verify)
-    return parser
+
+
+ADD_COMMAND = {"convert": _add_convert, "bench": _add_bench, "inspect": _add_inspect, "verify": _add_verify}
+
+
+def command_named(argv: list[str]) -> str:
+    """The command a command line asks for (its first word that is one), or "" for none
+    (``fastwds --help``, ``fastwds --version``)."""
+    return next((word for word in argv if word in COMMANDS), "")
 
 
 def missing_choice(parser: argparse.ArgumentParser,
@@ -104,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     from fastwds.errors import FastwdsError, UsageError
 
-    parser = build_parser()
+    parser = build_parser(only=command_named(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if missing := missing_choice(parser, args):
         command, choices = missing
