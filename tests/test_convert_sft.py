@@ -323,6 +323,32 @@ def test_an_image_that_cannot_be_reencoded_is_a_rejected_row(tmp_path):
     assert json.loads(bad["json"])["name"] == [] and {name for name in bad if not name.startswith("__")} == {"json"}
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_lone_surrogate_or_an_id_that_is_no_string_costs_only_its_row(tmp_path, keep):
+    """JSON's \\ud800 escapes parse into text that is not Unicode: such a row (in its text or its
+    id) is rejected as invalid_unicode, naming the escape, instead of failing the whole job; an id
+    that is an array, object or boolean is bad_sample instead of becoming "[1, 2]" or "True"."""
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(seed=4))
+    turns = json.dumps(chat("<image>\nfine"))
+    lines = [f'{{"id": "good", "image": "a.jpg", "conversations": {turns}}}',
+             f'{{"id": "emoji \\ud83d\\ude00", "image": "a.jpg", "conversations": {turns}}}',  # a pair: fine
+             '{"id": "text", "image": "a.jpg", "conversations": [{"role": "user", "content": "<image> \\ud800"}, '
+             '{"role": "assistant", "content": "a"}]}',
+             f'{{"id": "bad \\udc00", "image": "a.jpg", "conversations": {turns}}}',
+             f'{{"id": [1, 2], "image": "a.jpg", "conversations": {turns}}}',
+             f'{{"id": true, "image": "a.jpg", "conversations": {turns}}}']
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = run_cli("convert", "sft", str(data), str(out), "--json", *(["--on-invalid", "keep"] if keep else []))
+    summary = json.loads(result.stdout)
+    assert summary["invalid_by_reason"] == {"invalid_unicode": 2, "bad_sample": 2}, summary
+    assert sorted(samples_by_id(out)) == ["emoji \U0001f600", "good"]  # not even kept: it cannot be written
+    rejects = {r["row"]: r for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())}
+    assert "'\\ud800'" in rejects[2]["detail"] and rejects[3]["id"] == "bad \\udc00", rejects
+    assert rejects[4]["detail"] == "the id is a JSON array, not a string or a number"
+
+
 @pytest.mark.parametrize("container, codec, expected", [("mp4", "mpeg4", "mp4"), ("mov", "mpeg4", "mov"),
                                                         ("webm", "libvpx", "webm"), ("matroska", "mpeg4", "mkv"),
                                                         ("avi", "mpeg4", "avi")])

@@ -32,6 +32,7 @@ REJECT_REASONS: dict[str, str] = {
     "image_too_large": "an image has more pixels than --max-image-pixels (a decompression bomb)",
     "image_truncated": "an image is cut short",
     "image_decode_failed": "an image does not decode (--verify-images full)",
+    "invalid_unicode": "a text or id holds a lone surrogate (a JSON \\ud800 escape without its pair): not Unicode",
     # SFT JSON sources: rows, media files read from disk, videos, system turns.
     "bad_json": "a JSONL line is not valid JSON",
     "bad_sample": "a row is not a JSON object, or its media field is not a path / list of paths",
@@ -115,6 +116,16 @@ VERIFY_CODES: dict[str, tuple[str, str]] = {
 
 class UnregisteredReasonError(AssertionError):
     """A reason code that is not registered here: a bug in fastwds, never the user's data."""
+
+
+def printable(text: str) -> str:
+    """``text`` as it can be written to UTF-8 files: a lone surrogate (which JSON's ``\\ud800``
+    escapes can produce) as the escape it came from, so the reject naming it can be written."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)

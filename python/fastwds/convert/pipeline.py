@@ -22,7 +22,7 @@ from fastwds.convert.plan import Task
 from fastwds.energon import ShardIndex
 from fastwds.errors import InvalidSamplesError
 from fastwds.media import ImageData, payload_size
-from fastwds.reasons import check_reason
+from fastwds.reasons import check_reason, printable
 from fastwds.writer import ShardWriter
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows written, bytes written)
@@ -99,8 +99,11 @@ class RejectLog:
         check_reason(reason)
         if self.options.on_invalid == "fail":
             raise InvalidSamplesError(f"{file} row {row} (id {sample_id!r}): {reason}: {detail}")
+        if isinstance(sample_id, str):
+            sample_id = printable(sample_id)
         self.result.rejects.append({"subset": self.task.subset, "file": file, "row": row, "id": sample_id,
-                                    "reason": reason, "detail": detail, "action": "kept" if kept else "skipped"})
+                                    "reason": reason, "detail": printable(detail),
+                                    "action": "kept" if kept else "skipped"})
 
 
 async def _run_pipeline(batches: Iterator[Any] | AsyncIterator[Any], converter: BatchConverter,

@@ -18,7 +18,7 @@ from fastwds.convert.options import ConvertOptions
 from fastwds.convert.pipeline import PreparedBatch, RejectLog
 from fastwds.convert.plan import Task
 from fastwds.media import ImageData, ImageInfo, decode_problem, inspect_images, payload_bytes, reencode_jpeg
-from fastwds.reasons import Problem
+from fastwds.reasons import Problem, printable
 from fastwds.sources.base import RowBatch
 from fastwds.tokens import MEDIA_TOKENS
 
@@ -205,7 +205,13 @@ class ChatConverter(RejectLog):
                 self.reject_row(batch, index, checked.problem.reason, checked.problem.detail, kept=keep_invalid)
                 if not keep_invalid:
                     continue
-            prepared.add(sample_id, self.members(batch, index, images, image_checks, checked, reencoded))
+            try:
+                members = self.members(batch, index, images, image_checks, checked, reencoded)
+            except UnicodeEncodeError as error:  # JSON's "\ud800" escapes parse, but are no text
+                self.reject_row(batch, index, "invalid_unicode", f"the row's text holds a lone surrogate "
+                                f"'{printable(error.object[error.start:error.end])}': not Unicode, cannot be written")
+                continue
+            prepared.add(sample_id, members)
         self.result.rows += len(batch)
         return prepared
 

@@ -15,7 +15,7 @@ from fastwds import storage
 from fastwds.convert.plan import RowSlice
 from fastwds.energon import DEFAULT_SAMPLE_TYPE
 from fastwds.errors import InvalidInputError
-from fastwds.reasons import Problem
+from fastwds.reasons import Problem, printable
 
 MEDIA_KINDS = ("image", "video")
 MEDIA_KEYS = {"image": ("image", "images"), "video": ("video", "videos")}
@@ -75,7 +75,22 @@ def parse_row(value: Any, media: str) -> SftRow | Problem:
                 return Problem("bad_sample", f"{present[0]!r} holds {item!r}, not a file path")
             paths.append(item)
     turns = value.get("messages") if value.get("messages") is not None else value.get("conversations")
+    if (problem := id_problem(value.get("id"))) is not None:
+        return problem
     return SftRow(given_id(value), turns, paths)
+
+
+JSON_TYPES = {bool: "true/false", list: "array", dict: "object"}
+
+
+def id_problem(sample_id: Any) -> Problem | None:
+    """An id must be a string or a number: ``true``, ``[1, 2]`` or ``{...}`` would become Python's
+    spelling of them (``"True"``, ``"[1, 2]"``) as the sample's id."""
+    if type(sample_id) in JSON_TYPES:
+        return Problem("bad_sample", f"the id is a JSON {JSON_TYPES[type(sample_id)]}, not a string or a number")
+    if isinstance(sample_id, str) and printable(sample_id) != sample_id:
+        return Problem("invalid_unicode", f"the id '{printable(sample_id)}' holds a lone surrogate: not Unicode")
+    return None
 
 
 def given_id(value: Any) -> str | None:
