@@ -337,3 +337,17 @@ def test_reader_and_verify_scanner_group_members_the_same(tmp_path_factory, name
         assert any(len({e.lower() for e in exts}) < len(exts) for _, exts in scanned)
         return
     assert read == scanned
+
+
+def test_batches_keep_members_the_first_sample_lacks(tmp_path):
+    """A member missing from the batch's first sample is still batched (None where absent),
+    whatever the order of the samples, through a real DataLoader."""
+    with fastwds.ShardWriter(str(tmp_path / "x-%06d.tar")) as writer:
+        writer.write({"__key__": "a", "npy": np.zeros(2)})
+        writer.write({"__key__": "b", "npy": np.ones(2), "txt": "caption b", "json": {"j": 1}})
+        writer.write({"__key__": "c", "npy": np.ones(2), "cls": b"3"})
+    [batch] = fastwds.make_loader(str(tmp_path / "x-000000.tar"), batch_size=3, num_workers=1)
+    assert list(batch) == ["__key__", "__url__", "npy", "json", "txt", "cls"]  # as they first appear
+    assert batch["__key__"] == ["a", "b", "c"] and batch["npy"].shape == (3, 2)
+    assert batch["txt"] == [None, "caption b", None]
+    assert batch["json"] == [None, {"j": 1}, None] and batch["cls"] == [None, None, 3]

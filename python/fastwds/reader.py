@@ -267,11 +267,12 @@ def register_with_torch() -> None:
 def collate(samples: list[dict]) -> dict[str, Any]:
     """Batch sample dicts: per key, torch's ``default_collate`` (arrays of one shape become one
     tensor, numbers a tensor, strings a list); values it cannot batch (different shapes, None,
-    images, nested JSON) stay a list."""
+    images, nested JSON) stay a list. The keys are those of every sample of the batch, in the
+    order they first appear; a sample without one of them gives None there."""
     from torch.utils.data import default_collate
 
     batch = {}
-    for name in samples[0]:
+    for name in dict.fromkeys(name for sample in samples for name in sample):
         values = [sample.get(name) for sample in samples]
         try:
             batch[name] = default_collate(values)
