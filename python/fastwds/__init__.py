@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
+    "DecodeError": "fastwds.errors",
     "DuplicateKeyError": "fastwds.errors",
     "FastwdsError": "fastwds.errors",
     "InputChangedError": "fastwds.errors",
@@ -16,7 +17,9 @@ _PUBLIC = {
     "NothingWrittenError": "fastwds.errors",
     "ResumeMismatchError": "fastwds.errors",
     "SampleError": "fastwds.errors",
+    "ShardFormatError": "fastwds.errors",
     "ShardPatternError": "fastwds.errors",
+    "UnsafeMemberError": "fastwds.errors",
     "WriterClosedError": "fastwds.errors",
     "ShardRecord": "fastwds._core",
     "__version__": "fastwds._core",

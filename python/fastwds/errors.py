@@ -1,10 +1,40 @@
-"""Exceptions fastwds raises. I/O problems are plain ``OSError`` subclasses with errno and path."""
+"""Exceptions fastwds raises. I/O problems are plain ``OSError`` subclasses with errno and path.
+
+Reading (``fastwds.WebDataset``): ``ShardFormatError`` for a shard that is not a readable tar,
+``UnsafeMemberError`` (a ``ShardFormatError``) for a member path that escapes the archive, and
+``DecodeError`` (a ``ShardFormatError``) for a member whose content its decoder refuses."""
+
+from __future__ import annotations
 
 from fastwds._core import DuplicateKeyError, SampleError, ShardPatternError, WriterClosedError
 
 
 class FastwdsError(Exception):
     """Base of the errors fastwds raises about input data and options (not about samples)."""
+
+
+class ShardFormatError(FastwdsError, ValueError):
+    """A shard is not a tar archive fastwds can read (bad header, cut short, duplicate member)."""
+
+
+class UnsafeMemberError(ShardFormatError):
+    """A member's path is absolute or climbs out of the archive with ``..``."""
+
+
+class DecodeError(ShardFormatError):
+    """A member of a sample could not be decoded (a broken image, invalid JSON, a bad ``.npy``, a
+    corrupt ``.zst``/``.gz``, or a custom decoder that raised). ``shard``, ``key`` and ``member``
+    (the extension, e.g. ``"jpg"``) name it; the decoder's own exception is ``__cause__``."""
+
+    def __init__(self, message: str, shard: str | None = None, key: str | None = None,
+                 member: str | None = None) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.key = key
+        self.member = member
+
+    def __reduce__(self):  # survives pickling (multiprocessing, DataLoader workers) with its fields
+        return type(self), (str(self), self.shard, self.key, self.member)
 
 
 class InvalidInputError(FastwdsError, ValueError):
@@ -38,6 +68,7 @@ class NothingWrittenError(FastwdsError):
 
 
 __all__ = [
+    "DecodeError",
     "DuplicateKeyError",
     "FastwdsError",
     "InputChangedError",
@@ -46,7 +77,9 @@ __all__ = [
     "NothingWrittenError",
     "ResumeMismatchError",
     "SampleError",
+    "ShardFormatError",
     "ShardPatternError",
+    "UnsafeMemberError",
     "UsageError",
     "WriterClosedError",
 ]

@@ -3,7 +3,8 @@ PAX records, the ustar name with its prefix, and the safety rule for member path
 
 from __future__ import annotations
 
-from fastwds.errors import FastwdsError
+# The reader's errors are defined in fastwds.errors (the public error surface) and re-exported here.
+from fastwds.errors import ShardFormatError, UnsafeMemberError  # noqa: F401
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -14,14 +15,6 @@ REGULAR_TYPES = frozenset(("0", "\0", "7"))
 EXTENSION_TYPES = frozenset("xgLK")
 # POSIX ustar magic; GNU tar's "ustar  \0" uses the prefix field for other things.
 USTAR_MAGIC = b"ustar\0"
-
-
-class ShardFormatError(FastwdsError, ValueError):
-    """A shard is not a tar archive fastwds can read (bad header, cut short, duplicate member)."""
-
-
-class UnsafeMemberError(ShardFormatError):
-    """A member's path is absolute or climbs out of the archive with ``..``."""
 
 
 def padded(size: int) -> int:
