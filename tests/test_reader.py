@@ -351,3 +351,52 @@ def test_batches_keep_members_the_first_sample_lacks(tmp_path):
     assert batch["__key__"] == ["a", "b", "c"] and batch["npy"].shape == (3, 2)
     assert batch["txt"] == [None, "caption b", None]
     assert batch["json"] == [None, {"j": 1}, None] and batch["cls"] == [None, None, 3]
+
+
+BROKEN_MEMBERS = [("jpg", b"notajpeg", "UnidentifiedImageError"), ("json", b"{bad json", "JSONDecodeError"),
+                  ("npy", b"\x93NUMPYgarbage", "ValueError"), ("cls", b"x", "ValueError"),
+                  ("txt", b"\xff\xfe", "UnicodeDecodeError"), ("png", b"\x89PNG\r\n\x1a\n" + bytes(20), "Error"),
+                  ("npy.zst", b"notzstd", "ZstdError"), ("json.gz", b"notgz", "BadGzipFile")]
+
+
+@pytest.mark.parametrize("ext, data, cause", BROKEN_MEMBERS)
+def test_undecodable_members_raise_decode_error_naming_shard_key_and_member(tmp_path, ext, data, cause):
+    shard = crafted_tar(tmp_path / "broken.tar", {"good.txt": b"fine", f"bad.{ext}": data, "last.txt": b"ok"})
+    with pytest.raises(fastwds.DecodeError) as caught:
+        list(fastwds.WebDataset(shard))
+    error = caught.value
+    assert isinstance(error, fastwds.ShardFormatError) and isinstance(error, ValueError)
+    assert (error.shard, error.key, error.member) == (shard, "bad", ext)
+    assert str(error).startswith(f"{shard}: sample 'bad': cannot decode member '{ext}': ")
+    assert cause in type(error.__cause__).__name__ and "BytesIO" not in str(error)
+    copy = pickle.loads(pickle.dumps(error))  # crosses process boundaries with its fields
+    assert (type(copy), str(copy), copy.shard, copy.key, copy.member) == (type(error), str(error), shard, "bad", ext)
+
+
+def test_decode_error_through_dataloader_workers_and_skipping(tmp_path, caplog):
+    shard = crafted_tar(tmp_path / "broken.tar", {"a.txt": b"A", "b.jpg": b"notajpeg", "b.txt": b"B",
+                                                  "c.json": b"{bad", "d.txt": b"D"})
+    # A worker's error reaches the training loop as the same type, still naming shard, key, member.
+    with pytest.raises(fastwds.DecodeError, match=r"broken\.tar: sample 'b': cannot decode member 'jpg'"):
+        list(fastwds.make_loader(shard, num_workers=1))
+    custom = fastwds.WebDataset(shard, decode={"txt": lambda data: 1 / 0})
+    with pytest.raises(fastwds.DecodeError, match="sample 'a': cannot decode member 'txt': ZeroDivisionError"):
+        list(custom)
+    with pytest.raises(ValueError, match="on_decode_error"):
+        fastwds.WebDataset(shard, on_decode_error="ignore")
+    loader = fastwds.make_loader(shard, num_workers=2, on_decode_error="skip")
+    assert sorted(s["__key__"] for s in loader) == ["a", "d"]
+    with caplog.at_level("WARNING", logger="fastwds.reader"):
+        assert [s["txt"] for s in fastwds.WebDataset(shard, on_decode_error="skip")] == ["A", "D"]
+    assert [r.getMessage().split(" (caused")[0] for r in caplog.records] == [
+        f"{shard}: sample 'b': cannot decode member 'jpg': UnidentifiedImageError: not an image format Pillow can "
+        "identify (it starts with b'notajpeg')",
+        f"{shard}: sample 'c': cannot decode member 'json': JSONDecodeError: Expecting property name enclosed in "
+        "double quotes: line 1 column 2 (char 1)"]
+
+
+def test_a_damaged_gzip_shard_raises_shard_format_error(tmp_path, shards):
+    compressed = gzip.compress(Path(shards[0]).read_bytes())
+    (tmp_path / "cut.tar.gz").write_bytes(compressed[:len(compressed) // 2])
+    with pytest.raises(ShardFormatError, match=r"cut\.tar\.gz: the gzip stream is damaged or cut short"):
+        list(fastwds.WebDataset(str(tmp_path / "cut.tar.gz")))

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from fastwds.tar.format import ShardFormatError
+from fastwds.errors import DecodeError, ShardFormatError
 
 Decoder = Callable[[bytes], Any]
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "ppm", "pgm", "pbm", "pnm", "webp", "bmp", "tif", "tiff", "gif")
@@ -75,7 +75,11 @@ def load_image(data: bytes) -> Any:
     """A ``PIL.Image``, fully loaded (so nothing refers to the bytes afterwards)."""
     from PIL import Image
 
-    image = Image.open(io.BytesIO(data))
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:  # its own message names only "<_io.BytesIO object at 0x...>"
+        raise Image.UnidentifiedImageError(f"not an image format Pillow can identify (it starts with "
+                                           f"{data[:8]!r})") from None
     image.load()
     return image
 
@@ -151,5 +155,18 @@ def decode_value(ext: str, data: Any, decoders: Mapping[str, Decoder | None]) ->
 
 
 def decode_sample(sample: dict[str, Any], decoders: Mapping[str, Decoder | None]) -> dict[str, Any]:
-    return {name: value if name.startswith("__") else decode_value(name, value, decoders)
-            for name, value in sample.items()}
+    """The sample with every member decoded. A member its decoder refuses (a built-in or a custom
+    one) raises ``DecodeError`` naming the shard, the sample's key and the member, with the
+    decoder's exception as its cause."""
+    decoded: dict[str, Any] = {}
+    for name, value in sample.items():
+        if name.startswith("__"):
+            decoded[name] = value
+            continue
+        try:
+            decoded[name] = decode_value(name, value, decoders)
+        except Exception as error:
+            shard, key = sample.get("__url__"), sample.get("__key__")
+            raise DecodeError(f"{shard}: sample {key!r}: cannot decode member {name!r}: "
+                              f"{type(error).__name__}: {error}", shard, key, name) from error
+    return decoded

@@ -14,7 +14,11 @@ sample dicts, usable as a PyTorch ``IterableDataset``; ``make_loader`` wraps it 
   gigabytes). Deterministic for the same ``seed``, epoch, rank and worker. Call ``set_epoch``
   every epoch, as with ``DistributedSampler``; with ``persistent_workers`` the workers' copies do
   not see it, so each copy also advances its epoch by one every time it is iterated.
-- Decoding: see ``fastwds.decode``; nothing is ever unpickled.
+- Decoding: see ``fastwds.decode``; nothing is ever unpickled. A member that cannot be decoded
+  raises ``fastwds.DecodeError`` naming the shard, the sample's key and the member (the
+  decoder's exception is its ``__cause__``); ``on_decode_error="skip"`` instead drops that sample
+  with a logged warning (logger ``fastwds.reader``), like webdataset's ``warn_and_continue``.
+  Damage to the tar itself (cut short, bad headers) always raises ``ShardFormatError``.
 
 torch is optional: ``import fastwds`` does not import it. ``WebDataset`` registers itself as a
 virtual subclass of ``torch.utils.data.IterableDataset`` when torch has been imported (at import
@@ -23,16 +27,19 @@ of this module, at construction, and in ``make_loader``).
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 import os
 import random
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastwds.decode import Decoder, decode_sample, decoders_for, load_npy, read_npy
-from fastwds.errors import InvalidInputError
+from fastwds.errors import DecodeError, InvalidInputError
 from fastwds import storage
 from fastwds.paths import expand_braces, matching_files
 from fastwds.tar.format import ShardFormatError
@@ -40,6 +47,8 @@ from fastwds.tar.shards import open_shard
 from fastwds.tar.stream import iter_members, iter_samples
 
 Urls = str | os.PathLike | Sequence[str | os.PathLike]
+log = logging.getLogger(__name__)
+DECODE_ERROR_CHOICES = ("raise", "skip")
 
 
 def read_index(path: str | Path) -> dict[str, int | None]:
@@ -182,14 +191,20 @@ class WebDataset:
 
     ``urls_or_manifest``: see the module docstring. ``decode``: ``True`` (default) decodes by
     extension (``fastwds.decode``), ``False`` gives raw bytes, a mapping ``{ext: fn(bytes)}``
-    replaces single decoders. ``rank``/``world_size`` override what ``distributed_rank()`` finds.
+    replaces single decoders. ``on_decode_error``: ``"raise"`` (default) raises
+    ``fastwds.DecodeError`` for a member that cannot be decoded; ``"skip"`` drops that sample and
+    logs a warning naming shard, key and member. ``rank``/``world_size`` override what
+    ``distributed_rank()`` finds.
     """
 
     def __init__(self, urls_or_manifest: Urls, *, shuffle: bool = False, buffer_size: int = 1000,
                  buffer_bytes: int = 1 << 30, decode: bool | Mapping[str, Decoder | None] = True,
-                 seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
+                 seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 on_decode_error: str = "raise") -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
+        if on_decode_error not in DECODE_ERROR_CHOICES:
+            raise ValueError(f"on_decode_error must be 'raise' or 'skip', not {on_decode_error!r}")
         self.shards = expand_urls(urls_or_manifest)
         self.expected = expected_counts(self.shards)
         self.shuffle = shuffle
@@ -197,6 +212,7 @@ class WebDataset:
         self.buffer_bytes = buffer_bytes
         decoders_for(decode)  # reject a bad value now rather than in a worker
         self.decode = decode
+        self.on_decode_error = on_decode_error
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -228,10 +244,14 @@ class WebDataset:
     def raw_samples(self, shards: Iterable[str], read_value: Any = None) -> Iterator[dict]:
         for shard in shards:
             count = 0
-            with open_shard(shard) as (stream, _compressed):
-                for sample in iter_samples(iter_members(stream, shard, read_value), shard):
-                    count += 1
-                    yield sample
+            try:
+                with open_shard(shard) as (stream, _compressed):
+                    for sample in iter_samples(iter_members(stream, shard, read_value), shard):
+                        count += 1
+                        yield sample
+            except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # the gzip stream of a .tar.gz
+                raise ShardFormatError(f"{shard}: the gzip stream is damaged or cut short after {count} samples: "
+                                       f"{error}") from error
             expected = self.expected.get(shard)
             if expected is not None and count != expected:
                 raise ShardFormatError(f"{shard}: {count} samples, but the manifest / wids index beside it lists "
@@ -250,7 +270,17 @@ class WebDataset:
             samples = shuffled(samples, self.buffer_size, self.buffer_bytes, rng)
         if decoders is None:
             return samples
-        return (decode_sample(sample, decoders) for sample in samples)
+        return self.decoded(samples, decoders)
+
+    def decoded(self, samples: Iterable[dict], decoders: Mapping[str, Decoder | None]) -> Iterator[dict]:
+        for sample in samples:
+            try:
+                yield decode_sample(sample, decoders)
+            except DecodeError as error:
+                if self.on_decode_error == "raise":
+                    raise
+                log.warning("%s (caused by %s); skipping this sample (on_decode_error='skip')", error,
+                            type(error.__cause__).__name__)
 
     def __repr__(self) -> str:
         return f"fastwds.WebDataset({len(self.shards)} shards, shuffle={self.shuffle}, decode={self.decode!r})"
