@@ -371,3 +371,74 @@ def test_planning_holds_a_few_bytes_per_id(tmp_path):
     large_rise, large_rejected = plan_memory(large)
     assert (small_rejected, large_rejected) == (1, 1)
     assert (large_rise - small_rise) / 800_000 < 48, (small_rise, large_rise)
+
+
+def test_images_in_a_column_fastwds_does_not_read_stop_the_job_naming_it(tmp_path):
+    """Images under another column name, or a typo in --image-column, made every row text-only
+    with exit 0: a file whose image-like column is not read, and a named column that no file
+    has, now stop before anything is written, naming the column and the flag."""
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "jpg": pa.array([{"bytes": jpeg_bytes(), "path": "a.jpg"}], type=IMAGE),
+                             "conversations": [turns("<image>\nDescribe the picture.")]}), data / "a.parquet")
+    result = run_cli("convert", "parquet", str(data), str(tmp_path / "out"), check=False)
+    assert result.returncode == 1 and "column 'jpg' holds images" in result.stderr, result.stderr
+    assert "--image-column jpg" in result.stderr and not (tmp_path / "out").exists()
+    llava = tmp_path / "llava"
+    write_rows(llava / "a.parquet", rows()[:2])
+    typo = run_cli("convert", "parquet", str(llava), str(tmp_path / "out"), "--image-column", "imgae", check=False)
+    assert typo.returncode == 1 and "--image-column imgae: no input file has a column 'imgae'" in typo.stderr, \
+        typo.stderr
+    named = run_cli("convert", "parquet", str(data), str(tmp_path / "out"), "--image-column", "jpg", "--json")
+    assert json.loads(named.stdout)["samples"] == 1
+    assert shard_samples(tmp_path / "out")["a"]["jpg"] == jpeg_bytes(), "the image was read"
+
+
+def test_a_row_with_images_in_both_columns_is_rejected_and_an_empty_list_is_no_images(tmp_path):
+    """``image`` and ``images`` both holding images: the list used to win without a word. Now
+    the row is rejected (as SFT rejects image + images); an empty ``images`` list (merged HF
+    exports) means the row's image is in ``image``."""
+    data = tmp_path / "data"
+    one, other = jpeg_bytes(seed=1), jpeg_bytes(seed=2)
+    write_rows(data / "a.parquet", [("both", one, [other], turns("<image>\nwhat?")),
+                                    ("empty_list", one, [], turns("<image>\nwhat?")),
+                                    ("list_only", None, [other], turns("<image>\nwhat?"))])
+    out = tmp_path / "out"
+    summary = json.loads(run_cli("convert", "parquet", str(data), str(out), "--json").stdout)
+    assert summary["invalid_by_reason"] == {"bad_sample": 1}, summary
+    [reject] = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert reject["id"] == "both" and "both 'image' and 'images'" in reject["detail"]
+    samples = shard_samples(out)
+    assert sorted(samples) == ["empty_list", "list_only"]
+    assert samples["empty_list"]["jpg"] == one and samples["list_only"]["jpg"] == other
+    kept = tmp_path / "kept"
+    run_cli("convert", "parquet", str(data), str(kept), "--on-invalid", "keep", "--no-progress")
+    both = shard_samples(kept)["both"]
+    assert {name for name in both if not name.startswith("__")} == {"json"}  # no member for what was not read
+    assert json.loads(both["json"])["images"][0]["member"] is None
+
+
+def test_images_column_naming_the_image_column_reads_it_as_a_list(tmp_path):
+    """--images-column image: the 'image' column holds lists; it is no longer also read as the
+    one-image column (which refused it as 'not encoded images')."""
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "image": pa.array([[{"bytes": jpeg_bytes(), "path": "a"}] * 2],
+                                                            type=pa.list_(IMAGE)),
+                             "conversations": [turns("<image><image> two")]}), data / "a.parquet")
+    summary = json.loads(run_cli("convert", "parquet", str(data), str(tmp_path / "out"), "--images-column", "image",
+                                 "--json").stdout)
+    assert summary["samples"] == 1 and summary["invalid"] == 0, summary
+
+
+def test_upper_case_parquet_extensions_are_read(tmp_path):
+    data = tmp_path / "data"
+    write_rows(data / "s" / "a.parquet", rows()[:2])
+    write_rows(data / "s" / "b.PARQUET", rows()[2:4])
+    summary = json.loads(run_cli("convert", "parquet", str(data), str(tmp_path / "out"), "--json").stdout)
+    assert summary["rows"] == 4, summary
+    one = json.loads(run_cli("convert", "parquet", str(data / "s" / "b.PARQUET"), str(tmp_path / "one"),
+                             "--json").stdout)
+    assert one["rows"] == 2

@@ -35,7 +35,8 @@ REJECT_REASONS: dict[str, str] = {
     "invalid_unicode": "a text or id holds a lone surrogate (a JSON \\ud800 escape without its pair): not Unicode",
     # SFT JSON sources: rows, media files read from disk, videos, system turns.
     "bad_json": "a JSONL line is not valid JSON",
-    "bad_sample": "a row is not a JSON object, or its media field is not a path / list of paths",
+    "bad_sample": "a row is not a JSON object, its id is no string or number, its media field is not a path / list "
+                  "of paths, or it gives media (or turns) in two fields",
     "media_kind_mismatch": "a row has media of the other kind than --media",
     "media_missing": "a media file does not exist",
     "media_unreadable": "a media file cannot be read, or is not a regular file (a folder, FIFO or device)",

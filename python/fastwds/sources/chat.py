@@ -143,11 +143,13 @@ class ChatConverter(RejectLog):
     def inspect(self, flat: list[ImageData]) -> list[ImageInfo | Problem]:
         """Checks of every image of a batch, in one call (sources with other media override this)."""
         limit = self.options.max_image_pixels
-        checks: list[ImageInfo | Problem] = [
-            Problem("image_too_large", f"{check.width}x{check.height} = {check.width * check.height:,} pixels, more "
-                                       f"than --max-image-pixels {limit:,} (a decompression bomb for the loader)")
-            if isinstance(check, ImageInfo) and check.width * check.height > limit else check
-            for check in inspect_images(flat)]
+        readable = [i for i, image in enumerate(flat) if not isinstance(image, Problem)]
+        checks: list[ImageInfo | Problem] = list(flat)  # what the source could not read passes as it is
+        for i, check in zip(readable, inspect_images([flat[i] for i in readable])):
+            checks[i] = Problem("image_too_large", f"{check.width}x{check.height} = {check.width * check.height:,} "
+                                                   f"pixels, more than --max-image-pixels {limit:,} (a decompression "
+                                                   "bomb for the loader)") \
+                if isinstance(check, ImageInfo) and check.width * check.height > limit else check
         if self.options.verify_images == "full":
             decoded = self.images.map(
                 lambda pair: decode_problem(payload_bytes(pair[0])) if isinstance(pair[1], ImageInfo) else None,
@@ -224,7 +226,9 @@ class ChatConverter(RejectLog):
         names = image_member_names([info.extension if info else "bin" for info in infos])
         # An empty image (kept with --on-invalid keep) has no member: the JSON lists it with
         # "member": null, so a loader following the list never looks for a member that is not there.
-        empty = [isinstance(c, Problem) and c.reason == "image_empty" for c in image_checks]
+        # (Nor has an image the source could not give, e.g. a row with images in two columns.)
+        empty = [isinstance(c, Problem) and c.reason == "image_empty" or isinstance(data, Problem)
+                 for c, data in zip(image_checks, images)]
         document = {
             "id": batch.ids[index],
             "conversations": checked.conversations if checked.conversations is not None

@@ -31,6 +31,21 @@ class ParquetColumns:
     conversations: str = "conversations"
     data_source: str = "data_source"
 
+    @property
+    def single_image(self) -> str | None:
+        """The one-image column, unless ``--images-column`` names that column (a list of images)."""
+        return self.image if self.image != self.images else None
+
+    def given(self) -> dict[str, str]:
+        """The columns named on the command line (not the defaults), by flag."""
+        defaults = ParquetColumns()
+        return {f"--{name.replace('_', '-')}-column": getattr(self, name) for name in ("image", "images", "data_source")
+                if getattr(self, name) != getattr(defaults, name)}
+
+
+def is_parquet(name: str) -> bool:
+    return name.lower().endswith(".parquet")  # HF and Spark write .parquet; some tools .PARQUET
+
 
 def subset_name(relative_dir: str, root_name: str) -> str:
     """A file-name-safe subset name: the folder path with '/' as '__'; the root's own files are
@@ -43,9 +58,9 @@ def discover_subsets(root: str) -> tuple[str, dict[str, list[FileEntry]]]:
     """``(folder, {subset: [parquet files in it, sorted]})``, subsets sorted by name. ``root`` is
     a folder (or s3:// prefix) whose folders holding parquet files are subsets, or one parquet
     file (a subset named after it)."""
-    if root.endswith(".parquet") and storage.is_file(root):
+    if is_parquet(root) and storage.is_file(root):
         folder, name = root.rsplit("/", 1) if storage.is_url(root) else os.path.split(os.path.abspath(root))
-        return folder, {safe_name(name.removesuffix(".parquet")): [storage.stat_file(root)]}
+        return folder, {safe_name(name[:-len(".parquet")]): [storage.stat_file(root)]}
     if not storage.is_dir(root):
         what = "file or folder" if not storage.is_url(root) else "prefix"
         raise InvalidInputError(f"{root}: no such {what}; give a folder of parquet files (subfolders are subsets) "
@@ -54,7 +69,7 @@ def discover_subsets(root: str) -> tuple[str, dict[str, list[FileEntry]]]:
         Path(root).resolve().name
     found: dict[str, tuple[str, list[FileEntry]]] = {}
     for entry in storage.list_files(root):
-        if not entry.relative.endswith(".parquet"):
+        if not is_parquet(entry.relative):
             continue
         relative_dir = entry.relative.rsplit("/", 1)[0] if "/" in entry.relative else ""
         name = subset_name(relative_dir, root_name or "data")
@@ -74,7 +89,17 @@ def check_schema(path: Path, schema: pq.ParquetSchema, columns: ParquetColumns) 
         if required not in names:
             raise InvalidInputError(f"{path}: no column {required!r} (columns: {', '.join(names)}); "
                                     f"name it with --{'id' if required == columns.id else 'conversations'}-column")
-    for name, is_list in ((columns.image, False), (columns.images, True)):
+    if columns.single_image not in names and columns.images not in names:
+        # Images under another name would be lost without a word: the rows become text-only.
+        for field in arrow:
+            if field.name not in (columns.id, columns.conversations, columns.data_source) and \
+                    not pa.types.is_null(field.type) and (holds_images(field.type, False) or
+                                                          holds_images(field.type, True)):
+                raise InvalidInputError(
+                    f"{path}: column {field.name!r} holds images, but fastwds reads them from {columns.image!r} (one "
+                    f"per row) or {columns.images!r} (a list), which this file does not have; name it with "
+                    f"--image-column {field.name} or --images-column {field.name}")
+    for name, is_list in ((columns.single_image, False), (columns.images, True)):
         if name in names and not holds_images(arrow.field(name).type, is_list):
             raise InvalidInputError(
                 f"{path}: column {name!r} holds {arrow.field(name).type}, not encoded images; fastwds reads images "
@@ -108,6 +133,7 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
     # 8 bytes per id, and reads again only the files whose rows may repeat a key.
     id_reads: list[tuple[str, list[tuple[int, int]]]] = []
     id_hashes = KeyHashes()
+    seen_columns: set[str] = set()
     remaining = limit
     for subset, entries in subsets.items():
         groups: list[RowGroup] = []
@@ -130,8 +156,13 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
                 if taken:
                     id_hashes.add(read_id_column(path, parquet, taken, columns.id), path)
                     id_reads.append((path, taken))
+                seen_columns.update(metadata.schema.to_arrow_schema().names)
             files.append(SourceFile(relative, entry.size, entry.mtime_ns, metadata.num_rows, entry.etag))
         tasks.extend(cut_tasks(subset, groups, max_rows, max_bytes))
+    for flag, name in columns.given().items():  # a typo would silently read nothing
+        if name not in seen_columns:
+            raise InvalidInputError(f"{flag} {name}: no input file has a column {name!r} (columns: "
+                                    f"{', '.join(sorted(seen_columns))})")
     input_root = root if storage.is_url(root) else str(Path(root).resolve())
 
     def read_again(index: int) -> pl.Series:

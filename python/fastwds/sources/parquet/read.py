@@ -13,6 +13,7 @@ from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
 from fastwds.errors import InvalidInputError
 from fastwds.sources.base import RowBatch
+from fastwds.reasons import Problem
 from fastwds.sources.parquet.plan import ParquetColumns
 
 
@@ -44,7 +45,7 @@ def _read_slice(path: str, file: str, start: int, stop: int, columns: ParquetCol
     ~27 MB one group at a time), so memory is about one row group plus the pipeline's batches."""
     with storage.readable(path) as source, pq.ParquetFile(source, buffer_size=READ_BUFFER) as parquet:
         names = parquet.schema_arrow.names
-        wanted = [c for c in (columns.id, columns.conversations, columns.image, columns.images,
+        wanted = [c for c in (columns.id, columns.conversations, columns.single_image, columns.images,
                               columns.data_source) if c in names]
         group_start = 0
         for group in range(parquet.num_row_groups):
@@ -66,9 +67,10 @@ def to_batch(file: str, first_row: int, rows: pa.RecordBatch, columns: ParquetCo
     names = rows.schema.names
     ids = [None if v is None else str(v) for v in rows.column(columns.id).to_pylist()]
     single: list = [None] * n
-    if columns.image in names:
-        values = binary_column(encoded_images(rows.column(columns.image)))
-        single = [(values, i) for i in range(n)]
+    if columns.single_image in names:
+        values = binary_column(encoded_images(rows.column(columns.single_image)))
+        nulls = rows.column(columns.single_image).is_null().to_pylist()
+        single = [None if null else (values, i) for i, null in enumerate(nulls)]
     several: list = [None] * n
     if columns.images in names:
         lists = rows.column(columns.images)
@@ -76,10 +78,12 @@ def to_batch(file: str, first_row: int, rows: pa.RecordBatch, columns: ParquetCo
         offsets = lists.offsets.to_pylist()
         several = [None if null else [(values, j) for j in range(offsets[i], offsets[i + 1])]
                    for i, null in enumerate(lists.is_null().to_pylist())]
-    null_single = rows.column(columns.image).is_null().to_pylist() if columns.image in names else [True] * n
-    # A row's images: the list column when it has one, else the single image, else none.
-    images = [many if many is not None else ([] if no_single else [one])
-              for one, many, no_single in zip(single, several, null_single)]
+    both = Problem("bad_sample", f"the row has images in both {columns.image!r} and {columns.images!r}; fastwds "
+                                 "reads one of them, so give them in one")
+    # A row's images: the list when it holds any, else the single image, else none; never one of
+    # two silently (an empty list, as merged HF exports have, counts as none).
+    images = [[both] if many and one is not None else many or ([] if one is None else [one])
+              for one, many in zip(single, several)]
     sources = rows.column(columns.data_source).to_pylist() if columns.data_source in names else [None] * n
     return RowBatch(file, first_row, ids, rows.column(columns.conversations).to_pylist(), images,
                     [{"data_source": s} for s in sources])
