@@ -276,6 +276,22 @@ def test_volume_name_variants_and_duplicate_files(tmp_path):
     assert files == ["a/x.npz", "y.npz", "z.npz"]  # a missing row can be kept, a duplicate key never
 
 
+def test_upper_case_volumes_are_read_and_deeper_ones_are_named(tmp_path):
+    """``scan.NPZ`` is a volume like ``scan.npz`` (it was skipped without a word); a volume
+    deeper than the layouts fastwds reads is not converted, and the run says which."""
+    root = tmp_path / "data"
+    (root / "p" / "a" / "b").mkdir(parents=True)
+    volume = np.zeros((1, 2, 2, 2), np.float32)
+    for relative in ("lower.npz", "UPPER.npz", "p/a/b/deep.npz"):
+        np.savez(root / relative, volume)
+    (root / "UPPER.npz").rename(root / "UPPER.NPZ")  # np.savez itself would add .npz
+    out = tmp_path / "out"
+    result = run_cli("convert", "npz", str(root), str(out), "--json")
+    assert json.loads(result.stdout)["samples"] == 2
+    assert sorted(s["json"]["file"] for s in fastwds.WebDataset(out)) == ["UPPER.NPZ", "lower.npz"]
+    assert "1 .npz file(s)" in result.stderr and "p/a/b/deep.npz" in result.stderr, result.stderr
+
+
 def test_unreadable_and_object_volumes_are_rejected_without_unpickling(tmp_path):
     root = tmp_path / "data"
     root.mkdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from fastwds.convert.plan import Plan, RowGroup, SourceFile, Task, cut_tasks, fi
 from fastwds import storage
 from fastwds.errors import InvalidInputError
 from fastwds.paths import safe_name
+
+log = logging.getLogger("fastwds")
 
 ON_OVERFLOW = ("skip", "clip", "fail")
 LAYOUTS = ("DATA/*.npz", "DATA/PATIENT/*.npz", "DATA/PATIENT/ACCESSION/*.npz")
@@ -60,7 +63,11 @@ def find_volumes(root: str) -> list[storage.FileEntry]:
     """Volume files under ``root`` (a folder or an s3:// prefix), at depth 0, 1 or 2, sorted."""
     if not storage.is_dir(root):
         raise InvalidInputError(f"{root}: data folder not found")
-    found = [e for e in storage.list_files(root) if e.relative.endswith(".npz") and e.relative.count("/") <= 2]
+    volumes = [e for e in storage.list_files(root) if e.relative.lower().endswith(".npz")]  # scan.NPZ too
+    found = [e for e in volumes if e.relative.count("/") <= 2]
+    if deeper := [e.relative for e in volumes if e.relative.count("/") > 2]:
+        log.warning("%d .npz file(s) under %s are deeper than the layouts fastwds reads (%s) and are not converted: "
+                    "%s", len(deeper), root, ", ".join(LAYOUTS), ", ".join(deeper[:3]) + (", ..." if len(deeper) > 3 else ""))
     if not found:
         tried = ", ".join(layout.replace("DATA", str(root)) for layout in LAYOUTS)
         raise InvalidInputError(f"{root}: no .npz files found (looked for {tried})")
