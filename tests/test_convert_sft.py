@@ -349,6 +349,29 @@ def test_a_lone_surrogate_or_an_id_that_is_no_string_costs_only_its_row(tmp_path
     assert rejects[4]["detail"] == "the id is a JSON array, not a string or a number"
 
 
+def test_fields_fastwds_does_not_read_are_named_and_none_is_dropped_silently(tmp_path):
+    """Media under another field (``img``) made a text-only sample without a word: planning now
+    names such fields. A ShareGPT ``system`` field becomes the first turn (it was dropped);
+    ``messages`` with ``conversations`` is refused like ``image`` with ``images`` (one was dropped)."""
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(seed=5))
+    rows = [{"id": "img", "img": "a.jpg", "conversations": chat("Describe.")},
+            {"id": "system", "system": "You are a radiologist.", "image": "a.jpg", "conversations": chat("<image>")},
+            {"id": "two-turn-fields", "messages": chat("a"), "conversations": chat("b")},
+            {"id": "system-twice", "system": "S", "conversations": chat("a", system="T")}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = tmp_path / "out"
+    result = run_cli("convert", "sft", str(data), str(out), "--json")
+    assert "fields fastwds does not read" in result.stderr and "'img' (1)" in result.stderr, result.stderr
+    assert json.loads(result.stdout)["invalid_by_reason"] == {"bad_sample": 2}
+    texts = {sample_id: json.loads(sample["json"])["texts"] for sample_id, sample in samples_by_id(out).items()}
+    assert texts["system"][0] == {"role": "system", "content": "You are a radiologist."}
+    assert [turn["role"] for turn in texts["system"]] == ["system", "user", "assistant"]
+    details = sorted(json.loads(line)["detail"] for line in (out / "rejects.jsonl").read_text().splitlines())
+    assert details == ["the row has both 'messages' and 'conversations'",
+                       "the row has both a 'system' field and a system turn"]
+
+
 @pytest.mark.parametrize("container, codec, expected", [("mp4", "mpeg4", "mp4"), ("mov", "mpeg4", "mov"),
                                                         ("webm", "libvpx", "webm"), ("matroska", "mpeg4", "mkv"),
                                                         ("avi", "mpeg4", "avi")])

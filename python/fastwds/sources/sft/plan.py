@@ -4,6 +4,7 @@ ids (duplicates are found across the whole dataset) and the rows that cannot be 
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 import itertools
 import logging
 import os
@@ -22,7 +23,8 @@ from fastwds import storage
 from fastwds.errors import FastwdsError, InvalidInputError
 from fastwds.paths import matching_files, safe_name
 from fastwds.reasons import Problem
-from fastwds.sources.sft.rows import MEDIA_KINDS, ByteSlice, SftOptions, SftRow, derived_id, iter_rows, parse_row
+from fastwds.sources.sft.rows import (MEDIA_KINDS, ROW_FIELDS, ByteSlice, SftOptions, SftRow, derived_id,
+                                      iter_rows, parse_row)
 
 # Rows whose media sizes are looked up at plan time to estimate bytes per row (task sizing).
 SIZE_SAMPLE_ROWS = 64
@@ -113,6 +115,7 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
     offsets: dict[str, tuple[array, array]] = {}
     size_sample: list[tuple[str, int, list[str]]] = []  # (json dir, row bytes, media paths)
     position = 0  # row number across all files
+    unread: Counter[str] = Counter()  # fields of the rows that fastwds does not read
     for number, path in enumerate(files):
         relative = relative_to(path, root)
         starts, stops, ids = array("q"), array("q"), []
@@ -126,6 +129,8 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
             if limit is not None and position >= limit:
                 break
             row = parse_row(value, options.media)
+            if isinstance(value, dict) and not ROW_FIELDS.issuperset(value):
+                unread.update(value.keys() - ROW_FIELDS)
             if isinstance(row, Problem):
                 rejected[position] = (row.reason, row.detail)
             elif position % 128 == 0:
@@ -144,6 +149,11 @@ def plan_sft(data: list[str], options: SftOptions, max_rows: int, max_bytes: int
         offsets[relative] = (starts, stops)
         if starts:
             groups.append(RowGroup(relative, 0, len(starts), 0))
+    if unread:  # e.g. media under "img" or "image_path": those rows would be text-only without a word
+        counts = ", ".join(f"{key!r} ({count:,})" for key, count in unread.most_common(5))
+        log.warning("rows have fields fastwds does not read, left out of the samples (rows with each): %s%s; it reads "
+                    "id, messages or conversations, system, and media from image/images (video/videos)", counts,
+                    ", ..." if len(unread) > 5 else "")
     per_row = estimate_row_bytes(size_sample, options.media_root)
     groups = [RowGroup(g.file, g.first_row, g.rows, int(g.rows * per_row)) for g in groups]
     tasks = cut_tasks(subset_name(files, root), groups, max_rows, max_bytes)

@@ -74,10 +74,23 @@ def parse_row(value: Any, media: str) -> SftRow | Problem:
             if not isinstance(item, str) or not item:
                 return Problem("bad_sample", f"{present[0]!r} holds {item!r}, not a file path")
             paths.append(item)
+    if value.get("messages") not in (None, "", []) and value.get("conversations") not in (None, "", []):
+        return Problem("bad_sample", "the row has both 'messages' and 'conversations'")
     turns = value.get("messages") if value.get("messages") is not None else value.get("conversations")
     if (problem := id_problem(value.get("id"))) is not None:
         return problem
+    system = value.get("system")  # ShareGPT keeps the system prompt beside the turns
+    if system not in (None, "") and isinstance(turns, list):
+        if not isinstance(system, str):
+            return Problem("bad_sample", f"'system' is a JSON {JSON_TYPES.get(type(system), 'number')}, not text")
+        if turns and isinstance(turns[0], dict) and str(turns[0].get("role", turns[0].get("from"))).lower() == "system":
+            return Problem("bad_sample", "the row has both a 'system' field and a system turn")
+        turns = [{"role": "system", "content": system}, *turns]
     return SftRow(given_id(value), turns, paths)
+
+
+# The fields of a row fastwds reads; any other is not in the samples (planning says which).
+ROW_FIELDS = frozenset({"id", "system", "messages", "conversations", *MEDIA_KEYS["image"], *MEDIA_KEYS["video"]})
 
 
 JSON_TYPES = {bool: "true/false", list: "array", dict: "object"}
