@@ -2,7 +2,7 @@
 //! `Error` onto Python exceptions. No shard logic lives here.
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::create_exception;
-use pyo3::exceptions::{PyFileExistsError, PyIndexError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyBlockingIOError, PyFileExistsError, PyIndexError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 
@@ -14,10 +14,13 @@ use crate::inflate;
 use crate::media;
 use crate::shard::{Member, Options, ShardRecord, ShardSink};
 
-create_exception!(_core, SampleError, PyValueError, "A sample cannot be written as given; `sample_id` names it.");
-create_exception!(_core, DuplicateKeyError, SampleError, "Two samples of one writer map to the same key.");
-create_exception!(_core, ShardPatternError, PyValueError, "The shard name pattern is not usable.");
-create_exception!(_core, WriterClosedError, PyValueError, "The writer was closed (or failed) and takes no more samples.");
+// Named `fastwds._core.X` (their `__module__` is `fastwds._core`), so pickle finds them: an error
+// raised in a worker process reaches the parent as itself.
+create_exception!(fastwds._core, SampleError, PyValueError, "A sample cannot be written as given; `sample_id` names it (None when unknown).");
+create_exception!(fastwds._core, DuplicateKeyError, SampleError, "Two samples of one writer map to the same key.");
+create_exception!(fastwds._core, ShardPatternError, PyValueError, "The shard name pattern is not usable.");
+create_exception!(fastwds._core, WriterClosedError, PyValueError, "The writer was closed (or failed) and takes no more samples.");
+create_exception!(fastwds._core, ShardBusyError, PyBlockingIOError, "Another live writer is writing this shard (two writers share a pattern); `filename` is its locked `.partial` file.");
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -29,6 +32,7 @@ impl From<Error> for PyErr {
                 None => PyOSError::new_err(message),
             },
             Error::ShardExists { path } => PyFileExistsError::new_err((17, message, path.display().to_string())),
+            Error::ShardBusy { partial, .. } => ShardBusyError::new_err((libc::EWOULDBLOCK, message, partial.display().to_string())),
             Error::InvalidPattern { .. } => ShardPatternError::new_err(message),
             Error::Closed | Error::Failed { .. } => WriterClosedError::new_err(message),
             _ => {
@@ -254,8 +258,9 @@ impl PyShardSink {
 
     /// Write many samples at once, column by column: `columns` is `[(extension, values)]` with
     /// one value per id: `bytes`, `(BinaryColumn, index)` (read in place from Arrow memory), or
-    /// `None` to leave that member out of that sample. Samples before a failing one are
-    /// written; the exception names the failing sample.
+    /// `None` to leave that member out of that sample. All or nothing: every sample is checked
+    /// (members, extensions, keys, keys repeated in the batch) before any is written; the
+    /// exception names the failing sample. (An I/O error part-way fails the writer.)
     fn write_batch(&mut self, py: Python<'_>, sample_ids: Vec<PyBackedStr>, columns: Vec<(PyBackedStr, Vec<Option<Payload>>)>) -> PyResult<usize> {
         for (ext, values) in &columns {
             if values.len() != sample_ids.len() {
@@ -267,17 +272,18 @@ impl PyShardSink {
         }
         let sink = &mut self.sink;
         py.detach(|| {
-            let mut members = Vec::with_capacity(columns.len());
-            for (row, id) in sample_ids.iter().enumerate() {
-                members.clear();
-                for (ext, values) in &columns {
-                    if let Some(data) = values[row].as_ref().and_then(Payload::resolve) {
-                        members.push(Member { ext, data });
-                    }
-                }
-                sink.write_sample(id, &members)?;
-            }
-            Ok::<_, Error>(())
+            let samples: Vec<(&str, Vec<Member>)> = sample_ids
+                .iter()
+                .enumerate()
+                .map(|(row, id)| {
+                    let members = columns
+                        .iter()
+                        .filter_map(|(ext, values)| values[row].as_ref().and_then(Payload::resolve).map(|data| Member { ext, data }))
+                        .collect();
+                    (&**id, members)
+                })
+                .collect();
+            sink.write_samples(&samples)
         })?;
         Ok(sample_ids.len())
     }
@@ -286,6 +292,12 @@ impl PyShardSink {
     fn finish_shard(&mut self, py: Python<'_>) -> PyResult<()> {
         let sink = &mut self.sink;
         Ok(py.detach(|| sink.finish_shard())?)
+    }
+
+    /// Samples in the shard being written (lost unless it is finished: `close`, `finish_shard`).
+    #[getter]
+    fn num_open(&self) -> usize {
+        self.sink.open_samples()
     }
 
     /// Shards finished so far (not the open one, nor one still being fsynced in the background).
@@ -473,5 +485,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DuplicateKeyError", py.get_type::<DuplicateKeyError>())?;
     m.add("ShardPatternError", py.get_type::<ShardPatternError>())?;
     m.add("WriterClosedError", py.get_type::<WriterClosedError>())?;
+    m.add("ShardBusyError", py.get_type::<ShardBusyError>())?;
+    // Every SampleError has `sample_id`, None unless the error names a sample.
+    py.get_type::<SampleError>().setattr("sample_id", py.None())?;
     Ok(())
 }

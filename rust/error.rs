@@ -12,6 +12,11 @@ pub enum Error {
     #[error("{path}: a finished shard already exists (pass overwrite=True to replace it)")]
     ShardExists { path: PathBuf },
 
+    /// Another live writer holds the shard's `.partial` file (its lock): two writers share a
+    /// pattern. Nothing of this writer was written into that shard.
+    #[error("{path}: another writer is writing this shard (its {partial} is locked by a live process); give each writer a pattern (or start_shard) of its own")]
+    ShardBusy { path: PathBuf, partial: PathBuf },
+
     #[error("invalid shard pattern {pattern:?}: {reason}")]
     InvalidPattern { pattern: String, reason: String },
 

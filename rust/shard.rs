@@ -9,15 +9,15 @@
 //! is written (one at a time), so the writer does not stop for the disk between shards; errors
 //! from that thread surface at the next write, `finish_shard` or `close`.
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs::{self, File};
+use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 
 use crate::error::{Error, Result};
 use crate::hashed_file::HashedFile;
 use crate::key::{normalize_extension, portable_key};
 pub use crate::pattern::ShardPattern;
-use crate::publish::{finalize, partial_path_of};
+use crate::publish::{claim_partial, finalize, partial_path_of};
 pub use crate::publish::PARTIAL_SUFFIX;
 use crate::tar::{self, BLOCK, END_OF_ARCHIVE, MAX_MEMBER_SIZE};
 
@@ -113,6 +113,17 @@ struct OpenShard {
     position: u64,
     samples: Vec<SampleRecord>,
     oversized: bool,
+    /// A second descriptor of the `.partial` file: its lock (`publish::claim_partial`) holds
+    /// until this goes, whatever happens to `out`. The `.partial` is always removed before.
+    lock: File,
+}
+
+/// A sample checked and laid out by `ShardSink::prepare`, ready to be appended.
+struct Prepared<'a> {
+    key: String,
+    parts: Vec<(String, &'a [u8])>,
+    headers: Vec<[u8; 512]>,
+    span: u64,
 }
 
 /// A member as the caller hands it over: extension and payload.
@@ -146,25 +157,56 @@ pub enum State {
     Failed(String),
 }
 
-/// Write the end-of-archive blocks and collect the shard's hash: every byte is written.
-fn seal(mut open: OpenShard) -> Result<(File, ShardRecord)> {
-    let io_err = |e| Error::io(&open.partial_path, e);
-    open.out.write_all(&END_OF_ARCHIVE).map_err(io_err)?;
-    let (file, sha256) = open.out.finish().map_err(io_err)?;
+/// `s3` for `s3://bucket/...`: a URL, not a path (a local folder named `s3:` is never meant).
+fn url_scheme(pattern: &str) -> Option<&str> {
+    let (scheme, _) = pattern.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
+
+/// Write the end-of-archive blocks and collect the shard's hash: every byte is written. On
+/// failure the `.partial` is removed (while still locked: no other writer's file is removed).
+fn seal(open: OpenShard) -> Result<(File, ShardRecord)> {
+    let OpenShard { index, final_path, partial_path, mut out, position, samples, oversized, lock } = open;
+    let sealed = match out.write_all(&END_OF_ARCHIVE) {
+        Ok(()) => out.finish(),
+        Err(e) => Err(e),
+    };
+    let (file, sha256) = match sealed {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            let _ = fs::remove_file(&partial_path);
+            drop(lock);
+            return Err(Error::io(&partial_path, e));
+        }
+    };
+    drop(lock); // `file` is the same open file: it holds the lock from here
     let record = ShardRecord {
-        index: open.index,
-        path: open.final_path,
-        data_end: open.position,
-        size: open.position + END_OF_ARCHIVE.len() as u64,
+        index,
+        path: final_path,
+        data_end: position,
+        size: position + END_OF_ARCHIVE.len() as u64,
         sha256,
-        samples: open.samples,
-        oversized: open.oversized,
+        samples,
+        oversized,
     };
     Ok((file, record))
 }
 
 impl ShardSink {
     pub fn new(pattern: &str, options: Options) -> Result<Self> {
+        if let Some(scheme) = url_scheme(pattern) {
+            return Err(Error::InvalidPattern {
+                pattern: pattern.to_string(),
+                reason: format!(
+                    "{scheme}:// is not a local path, and the shard writer writes local files only (it would make a \
+                     folder named {scheme:?}); write to a local folder and upload the finished shards \
+                     (`fastwds convert` writes s3:// itself)"
+                ),
+            });
+        }
         let pattern = ShardPattern::parse(pattern)?;
         if options.maxcount == 0 {
             return Err(Error::InvalidPattern { pattern: pattern.path(0).display().to_string(), reason: "maxcount must be at least 1".into() });
@@ -198,6 +240,30 @@ impl ShardSink {
             self.collect_finishing()?;
         }
         // Everything about the sample is checked before any byte of it is written.
+        let prepared = self.prepare(id, members)?;
+        self.write_prepared(id, prepared)
+    }
+
+    /// Write these samples, all or none: every one is checked (members, extensions, sizes, keys,
+    /// keys repeated within the batch) before the first is written, so a bad sample anywhere
+    /// leaves the batch unwritten. An I/O error part-way fails the sink, as for `write_sample`.
+    pub fn write_samples(&mut self, samples: &[(&str, Vec<Member>)]) -> Result<usize> {
+        self.check_open()?;
+        let mut batch: HashMap<String, &str> = HashMap::with_capacity(samples.len());
+        for (id, members) in samples {
+            let key = self.prepare(id, members)?.key;
+            if let Some(previous) = batch.insert(key.clone(), id) {
+                return Err(Error::DuplicateKey { id: id.to_string(), key, previous: previous.to_string() });
+            }
+        }
+        for (id, members) in samples {
+            self.write_sample(id, members)?;
+        }
+        Ok(samples.len())
+    }
+
+    /// Check a sample and lay out its members (sorted, with their headers), writing nothing.
+    fn prepare<'a>(&self, id: &str, members: &[Member<'a>]) -> Result<Prepared<'a>> {
         if members.is_empty() {
             return Err(Error::EmptySample { id: id.to_string() });
         }
@@ -206,7 +272,7 @@ impl ShardSink {
             let previous = previous.clone().unwrap_or_else(|| key.clone());
             return Err(Error::DuplicateKey { id: id.to_string(), key, previous });
         }
-        let mut parts: Vec<(String, &[u8])> = Vec::with_capacity(members.len());
+        let mut parts: Vec<(String, &'a [u8])> = Vec::with_capacity(members.len());
         for m in members {
             parts.push((normalize_extension(id, m.ext)?, m.data));
         }
@@ -225,7 +291,11 @@ impl ShardSink {
             headers.push(tar::header(&name, size, self.options.mtime)?);
             span += tar::member_span(size);
         }
+        Ok(Prepared { key, parts, headers, span })
+    }
 
+    fn write_prepared(&mut self, id: &str, prepared: Prepared) -> Result<String> {
+        let Prepared { key, parts, headers, span } = prepared;
         let end_blocks = END_OF_ARCHIVE.len() as u64;
         if let Some(open) = &self.open {
             if open.position + span + end_blocks > self.options.maxsize {
@@ -278,15 +348,17 @@ impl ShardSink {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let partial_path = partial_path_of(&final_path);
-        // A `.partial` left by a crashed run is ours to replace.
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&partial_path)
-            .map_err(|e| Error::io(&partial_path, e))?;
-        let out = HashedFile::new(file, self.options.fsync).map_err(|e| Error::io(&partial_path, e))?;
-        self.open = Some(OpenShard { index, final_path, partial_path, out, position: 0, samples: Vec::new(), oversized: false });
+        // A `.partial` left by a crashed run is ours to replace; one a live writer holds is not.
+        let file = claim_partial(&partial_path, &final_path)?;
+        let made = file.try_clone().and_then(|lock| Ok((lock, HashedFile::new(file, self.options.fsync)?)));
+        let (lock, out) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                let _ = fs::remove_file(&partial_path);
+                return Err(Error::io(&partial_path, e));
+            }
+        };
+        self.open = Some(OpenShard { index, final_path, partial_path, out, position: 0, samples: Vec::new(), oversized: false, lock });
         self.next_index += 1;
         Ok(())
     }
@@ -297,20 +369,15 @@ impl ShardSink {
         self.collect_finishing()?;
         let Some(open) = self.open.take() else { return Ok(()) };
         let partial = open.partial_path.clone();
+        // Both remove the `.partial` themselves if they fail.
         let result = seal(open).and_then(|(file, record)| finalize(file, record, &partial, &self.options));
         match result {
             Ok(record) => {
                 self.finished.push(record);
                 Ok(())
             }
-            Err(e) => Err(self.give_up(&partial, e)),
+            Err(e) => Err(self.fail(e)),
         }
-    }
-
-    /// After a shard failed to finish: its `.partial` file goes and the sink takes no more writes.
-    fn give_up(&mut self, partial: &Path, error: Error) -> Error {
-        let _ = fs::remove_file(partial);
-        self.fail(error)
     }
 
     /// Record a failure: the open shard is dropped and the sink refuses everything but `abort`.
@@ -328,8 +395,9 @@ impl ShardSink {
 
     fn drop_open_shard(&mut self) {
         if let Some(open) = self.open.take() {
-            drop(open.out);
+            // Removed while still locked: the name cannot belong to another writer yet.
             let _ = fs::remove_file(&open.partial_path);
+            drop(open);
         }
     }
 
@@ -355,22 +423,25 @@ impl ShardSink {
         self.collect_finishing()?; // one shard in the background at a time
         let Some(open) = self.open.take() else { return Ok(()) };
         let partial = open.partial_path.clone();
-        let (file, record) = seal(open).map_err(|e| self.give_up(&partial, e))?;
+        let (file, record) = seal(open).map_err(|e| self.fail(e))?;
+        // Holds the lock should the thread not start (its closure, and `file`, are dropped then).
+        let keep = file.try_clone();
         let options = self.options.clone();
         let thread_partial = partial.clone();
-        let spawned = thread::Builder::new().name("fastwds-finish".into()).spawn(move || {
-            let result = finalize(file, record, &thread_partial, &options);
-            if result.is_err() {
-                let _ = fs::remove_file(&thread_partial);
-            }
-            result
-        });
+        // finalize removes the `.partial` itself if it fails.
+        let spawned = thread::Builder::new()
+            .name("fastwds-finish".into())
+            .spawn(move || finalize(file, record, &thread_partial, &options));
         match spawned {
             Ok(handle) => {
                 self.finishing = Some(handle);
                 Ok(())
             }
-            Err(e) => Err(self.give_up(&partial, Error::io(&partial, e))),
+            Err(e) => {
+                let _ = fs::remove_file(&partial);
+                drop(keep);
+                Err(self.fail(Error::io(&partial, e)))
+            }
         }
     }
 
@@ -589,6 +660,71 @@ mod tests {
         let mut third = ShardSink::new(pattern.to_str().unwrap(), Options { overwrite: true, ..opts(10, u64::MAX) }).unwrap();
         third.write_sample("x", &data).unwrap();
         assert_eq!(third.close().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_second_writer_of_a_shard_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = dir.path().join("s-%03d.tar");
+        let mut first = ShardSink::new(pattern.to_str().unwrap(), opts(2, u64::MAX)).unwrap();
+        write_n(&mut first, 1, 10);
+        let mut second = ShardSink::new(pattern.to_str().unwrap(), Options { overwrite: true, ..opts(2, u64::MAX) }).unwrap();
+        let refused = second.write_sample("x", &[Member { ext: "bin", data: b"theirs" }]);
+        assert!(matches!(refused, Err(Error::ShardBusy { .. })), "{refused:?}");
+        drop(second); // its failure must not remove the first writer's file
+        write_n_from(&mut first, 1, 3, 10);
+        let records = first.close().unwrap();
+        assert_eq!(records.iter().map(|r| r.samples.len()).collect::<Vec<_>>(), vec![2, 2]);
+        for r in &records {
+            assert_eq!(r.sha256, <[u8; 32]>::from(Sha256::digest(fs::read(&r.path).unwrap())));
+        }
+    }
+
+    #[test]
+    fn a_stale_partial_is_taken_over_and_a_linked_one_never_truncates_its_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = dir.path().join("s-%03d.tar");
+        // A killed writer's leftover, unlocked: taken over and truncated.
+        fs::write(dir.path().join("s-000.tar.partial"), vec![9u8; 5000]).unwrap();
+        let mut sink = ShardSink::new(pattern.to_str().unwrap(), opts(1, u64::MAX)).unwrap();
+        write_n(&mut sink, 1, 10);
+        let shard = sink.close().unwrap().remove(0);
+        assert_eq!(fs::metadata(&shard.path).unwrap().len(), shard.size);
+        // Killed between its hard link and removing the `.partial` name: that name is dropped.
+        let finished = fs::read(&shard.path).unwrap();
+        fs::hard_link(&shard.path, dir.path().join("s-000.tar.partial")).unwrap();
+        let mut again = ShardSink::new(pattern.to_str().unwrap(), Options { overwrite: true, ..opts(2, u64::MAX) }).unwrap();
+        again.write_sample("other", &[Member { ext: "bin", data: b"new" }]).unwrap();
+        // The finished shard is intact while its replacement is being written.
+        assert_eq!(fs::read(&shard.path).unwrap(), finished);
+        again.close().unwrap();
+        assert!(!dir.path().join("s-000.tar.partial").exists());
+    }
+
+    #[test]
+    fn a_batch_with_a_bad_sample_writes_none_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = ShardSink::new(dir.path().join("s-%03d.tar").to_str().unwrap(), opts(2, u64::MAX)).unwrap();
+        sink.write_sample("seen", &[Member { ext: "txt", data: b"0" }]).unwrap();
+        let ok = || vec![Member { ext: "txt", data: b"1" }];
+        for bad in [
+            vec![("a", ok()), ("b", ok()), ("c", ok()), ("seen", ok())], // a key already written
+            vec![("a", ok()), ("b", ok()), ("c", ok()), ("a", ok())],    // a key twice in the batch
+            vec![("a", ok()), ("b", ok()), ("c", ok()), ("d", vec![])],  // an empty sample
+        ] {
+            assert!(sink.write_samples(&bad).is_err());
+            assert_eq!(sink.open_samples() + sink.finished().iter().map(|r| r.samples.len()).sum::<usize>(), 1);
+        }
+        assert_eq!(sink.write_samples(&[("a", ok()), ("b", ok()), ("c", ok())]).unwrap(), 3);
+        assert_eq!(sink.close().unwrap().iter().map(|r| r.samples.len()).collect::<Vec<_>>(), vec![2, 2]);
+    }
+
+    #[test]
+    fn url_patterns_are_refused() {
+        for url in ["s3://bucket/s-%03d.tar", "gs://b/s.tar", "http://host/s-%d.tar"] {
+            assert!(matches!(ShardSink::new(url, Options::default()), Err(Error::InvalidPattern { .. })), "{url}");
+        }
+        assert!(url_scheme("out/a:b/s-%03d.tar").is_none());
     }
 
     #[test]

@@ -65,3 +65,85 @@ def test_sigkill_leaves_only_complete_shards(tmp_path, kill_after, wait):
     reference = clean_shards(tmp_path / "clean", 35)
     for name in finished:
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == reference[name]
+
+
+HOLDER = textwrap.dedent("""
+    import sys, fastwds
+    writer = fastwds.ShardWriter(sys.argv[1], maxcount=3, fsync=False)
+    writer.write({"__key__": "mine-0", "bin": b"A" * 5000})
+    print("ready", flush=True)
+    if sys.stdin.readline() == "close\\n":
+        for i in range(1, 3):
+            writer.write({"__key__": f"mine-{i}", "bin": b"A" * 5000})
+        print(*(f"{r.name} {r.sha256}" for r in writer.close()), flush=True)
+    else:
+        sys.stdin.read()  # wait to be killed
+""")
+
+
+def start_holder(pattern: str) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, pattern], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    return child
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_second_writer_on_the_same_shard_is_refused(tmp_path, overwrite):
+    """Two live writers on one pattern (two DDP ranks, a rerun while the first still runs): the
+    second is refused with a typed error naming the shard, instead of both writing into, and
+    renaming, the same .partial. The first writer's shard is whole and its record true."""
+    import fastwds
+    from fastwds import _core
+
+    pattern = str(tmp_path / "x-%06d.tar")
+    with start_holder(pattern) as holder:
+        second = fastwds.ShardWriter(pattern, maxcount=3, fsync=False, overwrite=overwrite)
+        with pytest.raises(_core.ShardBusyError) as info:
+            second.write({"__key__": "theirs-0", "bin": b"B" * 5000})
+        assert isinstance(info.value, BlockingIOError)  # an OSError with errno and filename
+        assert "another writer is writing" in str(info.value) and "x-000000.tar" in str(info.value)
+        assert info.value.filename == pattern % 0 + ".partial"
+        with pytest.raises(fastwds.WriterClosedError):
+            second.close()
+        del second  # its failure must not have removed the holder's .partial
+        holder.stdin.write("close\n")
+        holder.stdin.flush()
+        name, sha256 = holder.stdout.readline().split()
+    assert holder.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-000000.tar"]
+    assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == sha256
+    samples = list(fastwds.WebDataset(str(tmp_path / name), decode=False))
+    assert [s["__key__"] for s in samples] == ["mine-0", "mine-1", "mine-2"]
+
+
+def test_two_writers_in_one_process_are_refused_too(tmp_path):
+    import fastwds
+    from fastwds import _core
+
+    pattern = str(tmp_path / "x-%06d.tar")
+    first = fastwds.ShardWriter(pattern, fsync=False)
+    first.write({"__key__": "a", "txt": "first"})
+    second = fastwds.ShardWriter(pattern, fsync=False)
+    with pytest.raises(_core.ShardBusyError, match="x-000000.tar"):
+        second.write({"__key__": "b", "txt": "second"})
+    [record] = first.close()
+    assert [s["txt"] for s in fastwds.WebDataset(record.path, decode=False)] == [b"first"]
+
+
+def test_the_partial_of_a_killed_writer_is_taken_over(tmp_path):
+    """flock is dropped by the kernel when its process dies: a SIGKILLed writer's .partial does
+    not block the next run, which truncates it and writes the shard from scratch."""
+    import fastwds
+
+    pattern = str(tmp_path / "x-%06d.tar")
+    with start_holder(pattern) as holder:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    partial = tmp_path / "x-000000.tar.partial"
+    assert partial.exists()
+    with fastwds.ShardWriter(pattern, fsync=False) as writer:
+        writer.write({"__key__": "next-run", "txt": "hello"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-000000.tar"]
+    assert [s["__key__"] for s in fastwds.WebDataset(str(tmp_path / "x-000000.tar"), decode=False)] == ["next-run"]
+    assert hashlib.sha256((tmp_path / "x-000000.tar").read_bytes()).hexdigest() == writer.records[0].sha256
