@@ -81,3 +81,42 @@ def test_every_sample_error_has_sample_id(tmp_path):
             writer.write({"txt": "no key"})
         assert info.value.sample_id is None
         writer.write({"__key__": "ok", "txt": "1"})
+
+
+@pytest.mark.parametrize("ext, value", [
+    ("jpg", "array"), ("png", "array"), ("json", "array"), ("npy.gz", "array"),
+    ("npy", {"a": 1}), ("txt", {"a": 1}), ("cls", [1, 2]), ("jpg", (1, 2)),
+])
+def test_a_value_whose_type_contradicts_its_extension_is_refused(tmp_path, ext, value):
+    """Values were encoded by their Python type whatever the extension: an array under 'jpg'
+    became .npy bytes in a .jpg member (a "finished" shard that fails at training time)."""
+    import numpy as np
+
+    value = np.zeros((2, 2), np.uint8) if value == "array" else value
+    with fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), fsync=False) as writer:
+        with pytest.raises(fastwds.SampleError, match=f"member '{ext}'") as info:
+            writer.write({"__key__": "s0", ext: value})
+        assert info.value.sample_id == "s0"
+        writer.write({"__key__": "ok", "npy": np.zeros(2), "seg.npy": np.ones(2), "json": {"a": [1]},
+                      "meta.json": [1, 2], "jpg": b"\xff\xd8 bytes go anywhere", "txt": "text"})
+    [sample] = fastwds.WebDataset(str(tmp_path / "s-000.tar"), decode=False)
+    assert sample["json"] == b'{"a":[1]}' and sample["meta.json"] == b"[1,2]"
+    assert sample["seg.npy"].startswith(b"\x93NUMPY") and sample["jpg"].startswith(b"\xff\xd8")
+
+
+@pytest.mark.parametrize("document", [
+    {"x": float("nan")}, {"y": float("inf")}, {"v": "float32"}, {(1, 2): "tuple key"},
+])
+def test_json_that_cannot_be_strict_json_is_a_sample_error(tmp_path, document):
+    """NaN/Infinity are not JSON (orjson, serde and JS reject them); numpy scalars and tuple keys
+    raised a bare TypeError with no sample named."""
+    import numpy as np
+
+    document = {"v": np.float32(1.5)} if document == {"v": "float32"} else document
+    with fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), fsync=False) as writer:
+        with pytest.raises(fastwds.SampleError, match="cannot be written as JSON") as info:
+            writer.write({"__key__": "doc-3", "json": document})
+        assert info.value.sample_id == "doc-3"
+        with pytest.raises(fastwds.SampleError) as info:
+            writer.write_batch(["doc-4"], {"json": [document]})
+        assert info.value.sample_id == "doc-4"

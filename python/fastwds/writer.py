@@ -17,30 +17,52 @@ DEFAULT_MAXCOUNT = 100_000
 DEFAULT_MAXSIZE = 3_000_000_000
 
 
-def encode_value(ext: str, value: Any, sample_id: str = "") -> bytes:
+def encode_value(ext: str, value: Any, sample_id: str | None = None) -> bytes:
     """Turn one sample value into member bytes the way webdataset's writer does for the common
-    types: bytes pass through, ``str`` is UTF-8, dicts/lists are JSON, arrays are ``.npy``."""
+    types: bytes pass through (under any extension), ``str`` is UTF-8, numbers are their decimal
+    text, dicts/lists are JSON (strict: no NaN/Infinity) and arrays ``.npy``. The last two only
+    under an extension saying so (``json``, ``npy``, or ``<name>.json`` / ``<name>.npy``): an
+    array under ``jpg`` would be .npy bytes in a .jpg member, so it raises ``SampleError``."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
+    kind = ext.rsplit(".", 1)[-1].lower()
     if isinstance(value, np.ndarray):
+        if kind != "npy":
+            raise _sample_error(sample_id, f"member {ext!r} is a numpy array, which fastwds writes as .npy bytes "
+                                           "only under an 'npy' extension; name the member 'npy' (or '<name>.npy'), or "
+                                           "pass the bytes of the format its extension says")
         if value.dtype.hasobject:
-            raise _core.SampleError(f"sample {sample_id!r}: member {ext!r} is an object array; "
-                                    "fastwds never pickles (readers would have to unpickle it)")
+            raise _sample_error(sample_id, f"member {ext!r} is an object array; "
+                                           "fastwds never pickles (readers would have to unpickle it)")
         buffer = io.BytesIO()
         np.save(buffer, value, allow_pickle=False)
         return buffer.getvalue()
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if kind != "json":
+            raise _sample_error(sample_id, f"member {ext!r} is a {type(value).__name__}, which fastwds writes as "
+                                           "JSON only under a 'json' extension; name the member 'json' (or "
+                                           "'<name>.json'), or pass the bytes of the format its extension says")
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as error:  # a numpy scalar, a tuple key, NaN ...
+            raise _sample_error(sample_id, f"member {ext!r} cannot be written as JSON: {error}") from error
+        return text.encode("utf-8")
     if isinstance(value, (bool, int, float, np.integer, np.floating)):
         return str(value).encode("ascii")
-    error = _core.SampleError(f"sample {sample_id!r}: cannot encode member {ext!r} of type "
-                              f"{type(value).__name__}; pass bytes, str, dict/list, number or ndarray")
+    kind_name = type(value).__qualname__ if type(value).__module__ == "builtins" else \
+        f"{type(value).__module__}.{type(value).__qualname__}"
+    raise _sample_error(sample_id, f"cannot encode member {ext!r} of type {kind_name}; "
+                                   "pass bytes, str, dict/list, number or ndarray")
+
+
+def _sample_error(sample_id: str | None, message: str) -> _core.SampleError:
+    error = _core.SampleError(f"sample {sample_id!r}: {message}" if sample_id is not None else message)
     error.sample_id = sample_id
-    raise error
+    return error
 
 
 def _column_values(ext: str, column: Any, ids: Sequence[str]) -> list:
