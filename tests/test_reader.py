@@ -136,13 +136,41 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(shards):
     assert order(0, 0) == order(0, 0)
     assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0) and order(0, 0) != plain
     assert sorted(order(3, 7)) == plain
-    # A copy iterated again (a persistent DataLoader worker never sees set_epoch) moves on.
+    # Only set_epoch changes the order (as DistributedSampler): iterating again repeats it.
     dataset = fastwds.WebDataset(shards, shuffle=True, buffer_size=10)
-    first, second = keys(dataset), keys(dataset)
-    assert first == order(0, 0) and second == order(0, 1)
-    loader = fastwds.make_loader(shards, num_workers=2, persistent_workers=True, shuffle=True, buffer_size=10)
-    epochs = [[s["__key__"] for s in loader] for _ in range(2)]
-    assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1]) == plain
+    assert keys(dataset) == keys(dataset) == order(0, 0)
+    dataset.set_epoch(1)
+    assert keys(dataset) == order(0, 1)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="epoch must be an integer"):
+            dataset.set_epoch(bad)
+
+
+@pytest.mark.parametrize("num_workers, persistent, context", [
+    (0, False, None), (2, False, None), (2, True, None), (1, True, "spawn")])
+def test_the_shuffle_order_changes_only_through_set_epoch_whatever_the_workers(shards, num_workers, persistent,
+                                                                               context):
+    """The same training loop gives the same epochs with num_workers=0 (debugging) and with
+    workers, persistent or not, forked or spawned: without set_epoch every epoch repeats the
+    order, and set_epoch reaches workers that were started before it."""
+    def loader_of(epoch: int | None = None) -> DataLoader:
+        dataset = fastwds.WebDataset(shards, shuffle=True, buffer_size=10, seed=1)
+        if epoch is not None:
+            dataset.set_epoch(epoch)
+        options = {"persistent_workers": persistent, "multiprocessing_context": context} if num_workers else {}
+        return DataLoader(dataset, batch_size=None, num_workers=num_workers, **options)
+
+    loader = loader_of()
+    first, again = keys(loader), keys(loader)
+    assert first == again
+    loader.dataset.set_epoch(5)
+    fifth = keys(loader)
+    assert fifth != first and sorted(fifth) == sorted(first) == [f"s{i:04d}" for i in range(COUNT)]
+    assert keys(loader_of(5)) == fifth
+    copy = pickle.loads(pickle.dumps(loader.dataset))  # a plain pickle keeps the epoch, not the shared memory
+    assert copy.epoch == 5 and keys(copy) == keys(loader_of(5).dataset)
+    copy.set_epoch(6)
+    assert loader.dataset.epoch == 5
 
 
 def test_shuffle_buffer_keeps_its_limits():

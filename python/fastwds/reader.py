@@ -11,9 +11,14 @@ sample dicts, usable as a PyTorch ``IterableDataset``; ``make_loader`` wraps it 
   ``world_size * num_workers`` shards).
 - Shuffling: shard order per epoch, then a buffer of up to ``buffer_size`` samples and
   ``buffer_bytes`` bytes (CT volumes are 100 MB each: the byte cap keeps the buffer from holding
-  gigabytes). Deterministic for the same ``seed``, epoch, rank and worker. Call ``set_epoch``
-  every epoch, as with ``DistributedSampler``; with ``persistent_workers`` the workers' copies do
-  not see it, so each copy also advances its epoch by one every time it is iterated.
+  gigabytes). Deterministic for the same ``seed``, epoch, rank and worker.
+- Epochs: as with ``DistributedSampler``, the order changes only through ``set_epoch``: call it
+  at the start of every epoch, before iterating the loader, or every epoch repeats epoch 0's
+  order. The rule is the same with ``num_workers=0``, with workers and with
+  ``persistent_workers=True``: the epoch lives in shared memory, so workers started before
+  ``set_epoch`` (persistent ones) see it too. Iterating again never advances it by itself
+  (webdataset's ``detshuffle`` does, but only in the process that iterates, so the order would
+  then depend on ``num_workers``).
 - Decoding: see ``fastwds.decode``; nothing is ever unpickled. A member that cannot be decoded
   raises ``fastwds.DecodeError`` naming the shard, the sample's key and the member (the
   decoder's exception is its ``__cause__``); ``on_decode_error="skip"`` instead drops that sample
@@ -30,12 +35,15 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import multiprocessing
+import multiprocessing.context
 import os
 import random
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from fastwds.decode import Decoder, decode_sample, decoders_for, load_npy, read_npy
@@ -216,13 +224,34 @@ class WebDataset:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
-        self._iterations = 0  # since the last set_epoch
+        self._epoch = shared_epoch(0)
         register_with_torch()
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.set_epoch(epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._iterations = 0
+        """The epoch of the shuffle order, for this dataset and every DataLoader worker reading it
+        (persistent ones too). Call it before iterating the loader for that epoch."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < 1 << 63:
+            raise ValueError(f"epoch must be an integer from 0, not {epoch!r}")
+        self._epoch.value = epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if multiprocessing.context.get_spawning_popen() is None:  # pickled, not a worker being started
+            state["_epoch"] = self.epoch
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["_epoch"], int):
+            state["_epoch"] = shared_epoch(state["_epoch"])
+        self.__dict__.update(state)
 
     def placement(self) -> tuple[int, int, int, int]:
         """``(rank, world_size, worker, num_workers)`` of the process iterating now."""
@@ -258,8 +287,7 @@ class WebDataset:
                                        f"{expected}: the shard is cut short or is not the one that was written")
 
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.epoch + self._iterations
-        self._iterations += 1
+        epoch = self.epoch
         placement = self.placement()
         decoders = decoders_for(self.decode)
         # .npy members go straight from the file into their arrays, unless the caller decodes npy.
@@ -284,6 +312,15 @@ class WebDataset:
 
     def __repr__(self) -> str:
         return f"fastwds.WebDataset({len(self.shards)} shards, shuffle={self.shuffle}, decode={self.decode!r})"
+
+
+def shared_epoch(epoch: int) -> Any:
+    """A ``.value`` in shared memory: DataLoader workers, forked or spawned, read the epoch that
+    the training loop sets after they started."""
+    try:
+        return multiprocessing.RawValue("q", epoch)
+    except OSError:  # no shared memory here: set_epoch then reaches only the workers started after it
+        return SimpleNamespace(value=epoch)
 
 
 def register_with_torch() -> None:
