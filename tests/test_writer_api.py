@@ -120,3 +120,69 @@ def test_json_that_cannot_be_strict_json_is_a_sample_error(tmp_path, document):
         with pytest.raises(fastwds.SampleError) as info:
             writer.write_batch(["doc-4"], {"json": [document]})
         assert info.value.sample_id == "doc-4"
+
+
+def test_one_writer_shared_by_threads(tmp_path):
+    """The Rust sink releases the GIL while writing: a second thread calling in meanwhile got
+    PyO3's 'RuntimeError: Already borrowed' on every write. Calls now wait for each other."""
+    import threading
+
+    errors = []
+    writer = fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), maxcount=150, fsync=False)
+
+    def work(t: int) -> None:
+        try:
+            for i in range(300):
+                if i % 3:
+                    writer.write({"__key__": f"t{t}-{i:03d}", "bin": bytes([t]) * 3000})
+                else:
+                    writer.write_batch([f"t{t}-{i:03d}"], {"bin": [bytes([t]) * 3000]})
+                if i == 150 and t == 0:
+                    writer.next_shard()
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    records = writer.close()
+    assert sum(r.num_samples for r in records) == 1200
+    samples = [s for r in records for s in fastwds.WebDataset(r.path, decode=False)]
+    assert len({s["__key__"] for s in samples}) == 1200
+    assert all(s["bin"] == bytes([int(s["__key__"][1])]) * 3000 for s in samples)
+
+
+UNCLOSED = """
+import sys, fastwds
+writer = fastwds.ShardWriter(sys.argv[1] + "/x-%06d.tar", maxcount=3, fsync=False)
+for i in range(7):
+    writer.write({"__key__": f"k{i}", "txt": "x"})
+if sys.argv[2] == "del":
+    del writer
+elif sys.argv[2] == "close":
+    writer.close()
+elif sys.argv[2] == "abort":
+    writer.abort()
+# "end": the script just ends
+"""
+
+
+@pytest.mark.parametrize("how", ["del", "end", "close", "abort"])
+def test_a_writer_never_closed_warns_that_its_open_shard_was_discarded(tmp_path, how):
+    """Dropping the open shard of a writer nobody closed is the crash-safe choice, but it was
+    silent (exit 0, nothing even with -W always): a trap for webdataset users."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", UNCLOSED, str(tmp_path), how],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if how in ("del", "end"):
+        assert "RuntimeWarning" in result.stderr and "x-%06d.tar" in result.stderr
+        assert "was never closed: the 1 sample(s) of its open shard were discarded" in result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["x-000000.tar", "x-000001.tar"]
+    else:
+        assert "never closed" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -93,7 +94,12 @@ class ShardWriter:
     A new shard starts after ``maxcount`` samples, or before a sample that would push the shard
     file past ``maxsize`` bytes. Each shard is written under ``<name>.partial`` and renamed when
     complete; ``close()`` returns the ``ShardRecord`` of every shard (name, samples, size,
-    sha256, offsets). Leaving a ``with`` block through an exception drops the unfinished shard.
+    sha256, offsets). Leaving a ``with`` block through an exception drops the unfinished shard;
+    so does a writer that is never closed, with a ``RuntimeWarning`` when it is garbage-collected.
+
+    One writer may be shared by threads: its calls are serialised (one at a time, in the order
+    they take its lock). Two writers must not share a pattern: the second one to reach a shard
+    another live writer is writing raises ``fastwds._core.ShardBusyError`` (a ``BlockingIOError``).
     """
 
     def __init__(
@@ -124,6 +130,9 @@ class ShardWriter:
             dali_index=dali_index,
         )
         self.records: list[_core.ShardRecord] | None = None
+        # The Rust sink releases the GIL while it writes: a second thread calling in meanwhile
+        # would hit PyO3's "Already borrowed". Calls wait for each other instead.
+        self._lock = threading.Lock()
 
     def write(self, sample: Mapping[str, Any]) -> str:
         """Write one ``{"__key__": id, ext: value, ...}`` sample; returns the key written.
@@ -138,7 +147,8 @@ class ShardWriter:
         sample_id = str(sample_id)
         members = [(ext, encode_value(ext, value, sample_id))
                    for ext, value in sample.items() if not ext.startswith("_") and value is not None]
-        return self._sink.write(sample_id, members)
+        with self._lock:
+            return self._sink.write(sample_id, members)
 
     def write_batch(self, ids: Sequence[Any], columns: Mapping[str, Any]) -> int:
         """Write ``len(ids)`` samples given column by column: ``columns[ext]`` holds one value
@@ -148,29 +158,51 @@ class ShardWriter:
             ids = ids.to_pylist()
         ids = [str(i) for i in ids]
         prepared = [(ext, _column_values(ext, column, ids)) for ext, column in columns.items()]
-        return self._sink.write_batch(ids, prepared)
+        with self._lock:
+            return self._sink.write_batch(ids, prepared)
 
     def next_shard(self) -> None:
         """Finish the current shard now; the next sample starts a new one."""
-        self._sink.finish_shard()
+        with self._lock:
+            self._sink.finish_shard()
 
     def close(self) -> list[_core.ShardRecord]:
         """Finish the open shard and return the records of every shard written."""
-        if self.records is None:
-            self.records = self._sink.close()
-            for record in self.records:
-                if record.oversized:
-                    warnings.warn(f"{record.path}: one sample alone is larger than maxsize; "
-                                  "it was written to its own shard", stacklevel=2)
-                if self.verbose:
-                    print(f"# wrote {record.path}: {record.num_samples} samples, {record.size} bytes")
+        with self._lock:
+            if self.records is None:
+                self.records = self._sink.close()
+                self._warn_about(self.records)
         return self.records
+
+    def _warn_about(self, records: list[_core.ShardRecord]) -> None:
+        for record in records:
+            if record.oversized:
+                warnings.warn(f"{record.path}: one sample alone is larger than maxsize; "
+                              "it was written to its own shard", stacklevel=3)
+            if self.verbose:
+                print(f"# wrote {record.path}: {record.num_samples} samples, {record.size} bytes")
 
     def abort(self) -> None:
         """Drop the unfinished shard (its ``.partial`` file is removed); finished shards stay.
         Raises ``OSError`` if a full shard still finishing in the background could not be made
         durable (its samples are lost); ``close()`` then raises too."""
-        self._sink.abort()
+        with self._lock:
+            self._sink.abort()
+
+    def __del__(self) -> None:
+        # The Rust sink drops its open shard when it goes (a half-written shard is never left
+        # behind), which must not happen silently: webdataset's writer would have kept them.
+        sink = getattr(self, "_sink", None)
+        if sink is None or self.records is not None:
+            return
+        try:
+            pending = sink.num_open
+        except Exception:  # noqa: BLE001 - nothing to report from a finalizer
+            return
+        if pending:
+            warnings.warn(f"ShardWriter({self.pattern!r}) was never closed: the {pending} sample(s) of its open "
+                          "shard were discarded (call close(), or write inside a 'with' block)",
+                          RuntimeWarning, stacklevel=2)
 
     def __enter__(self) -> ShardWriter:
         return self
