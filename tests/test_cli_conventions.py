@@ -303,6 +303,8 @@ def test_output_into_a_closed_pipe_ends_quietly(shards, dataset, tmp_path, comma
 @pytest.mark.parametrize("args, message", [
     (["convert", "parquet"], "INPUT is required"),
     (["convert", "parquet", "IN"], "OUTPUT_DIR is required"),
+    (["convert", "sft", "IN.jsonl"], "OUTPUT_DIR is required"),
+    (["convert", "npz", "IN", "--num-workers", "1", "OUT", "EXTRA"], "unrecognized arguments: EXTRA"),
     (["convert", "parquet", "IN", "OUT", "--num-workers", "0"], "--num-workers: must be at least 1, not 0"),
     (["convert", "parquet", "IN", "OUT", "--max-samples-per-shard", "-3"], "--max-samples-per-shard"),
     (["convert", "parquet", "IN", "OUT", "--resume", "--overwrite"], "not allowed with argument --resume"),
@@ -323,6 +325,18 @@ def test_usage_errors_exit_2_with_the_usage(args, message):
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "usage: fastwds" in result.stderr and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("source", ["parquet", "sft"])
+def test_options_may_come_between_the_input_and_the_output(tmp_path, source):
+    """``convert parquet IN --overwrite OUT`` said "unrecognized arguments: OUT": argparse fills
+    the positionals from the first run of words only."""
+    examples = Path(__file__).parent.parent / "examples"
+    data = str(examples / "llava") if source == "parquet" else str(examples / "sft" / "train.jsonl")
+    out = tmp_path / "out"
+    result = run_cli("convert", source, data, "--no-progress", "--max-samples-per-shard", "7", str(out), "--json")
+    assert json.loads(result.stdout)["samples"] > 0 and (out / "manifest.json").exists()
+    assert all(shard["samples"] <= 7 for shard in json.loads((out / "manifest.json").read_text())["shards"])
 
 
 def test_data_errors_exit_1_with_one_line(tmp_path):

@@ -186,7 +186,6 @@ def test_clear_errors_for_bad_input(tmp_path):
         ((str(tmp_path / "none.json"), str(tmp_path / "o")), "none.json: no such file"),
         ((str(tmp_path / "*.nothing"), str(tmp_path / "o")), "no file matches"),
         ((str(bad), str(bad)), "the last argument must be the output folder"),
-        ((str(bad),), "at least one DATA file"),
         ((str(bad), str(tmp_path / "o"), "--media-root", str(tmp_path / "nope")), "no such folder"),
         ((str(bad), str(tmp_path / "o"), "--energon-sample-type", "nocolon"), "expected MODULE:CLASS"),
         ((str(bad), str(tmp_path / "o"), "--no-energon", "--split-ratio", "8,1,1"), "needs --energon"),

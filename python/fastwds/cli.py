@@ -116,6 +116,22 @@ def missing_choice(parser: argparse.ArgumentParser,
     return None
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args``, with options allowed between positionals as well
+    (``convert parquet IN --overwrite OUT``). argparse fills optional positionals (``INPUT
+    OUTPUT_DIR``, optional for the seed scripts' ``--input_dir``/``--output_dir``) from the first
+    run of words only, so OUT was an "unrecognized argument". The command's own parser, which has
+    no subcommands, then parses its words again with ``parse_intermixed_args``."""
+    args, extras = parser.parse_known_args(argv)
+    command = getattr(args, "parser", None)
+    if extras and command is not None and not any(isinstance(a, argparse._SubParsersAction) for a in command._actions):
+        word = command.prog.split()[-1]  # "parquet" for "fastwds convert parquet"
+        return command.parse_intermixed_args(argv[argv.index(word) + 1:], namespace=args)
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 class _Terminated:
     """SIGTERM (a scheduler preempting the job, ``kill``, ``docker stop``) stops a run the way
     Ctrl-C does: finished tasks kept, how far it got and how to resume said, exit 128 + 15."""
@@ -149,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     from fastwds.errors import FastwdsError, UsageError
 
-    parser = build_parser(only=command_named(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=command_named(argv))
+    args = parse_arguments(parser, argv)
     if missing := missing_choice(parser, args):
         command, choices = missing
         command.error(f"choose a {choices.metavar}: {', '.join(choices.choices)}")

@@ -32,7 +32,7 @@ from fastwds.energon import (
     parse_split_ratio,
     write_energon_meta,
 )
-from fastwds.errors import InvalidInputError
+from fastwds.errors import InvalidInputError, UsageError
 from fastwds.sources.base import Finish, Source, SourceJob
 from fastwds.sources.sft.convert import SftConverter, check_names_agree
 from fastwds.sources.sft.media import read_task
@@ -90,7 +90,7 @@ class SftSource(Source):
 
     def configure(self, args: argparse.Namespace) -> SourceJob:
         if len(args.paths) < 2:
-            raise InvalidInputError("give at least one DATA file and then OUTPUT_DIR")
+            raise UsageError("OUTPUT_DIR is required: give the DATA file(s), then OUTPUT_DIR")
         *data, output_dir = args.paths
         if os.path.isfile(output_dir):
             raise InvalidInputError(f"{output_dir}: is a file; the last argument must be the output folder")
