@@ -309,6 +309,8 @@ def test_output_into_a_closed_pipe_ends_quietly(shards, dataset, tmp_path, comma
     (["convert", "parquet", "IN", "OUT", "--max-samples-per-shard", "-3"], "--max-samples-per-shard"),
     (["convert", "parquet", "IN", "OUT", "--resume", "--overwrite"], "not allowed with argument --resume"),
     (["convert", "parquet", "IN", "OUT", "--max-shard-size", "lots"], "--max-shard-size"),
+    (["convert", "parquet", "IN", "OUT", "--max-shard-size", "0"], "must be more than 0 bytes, not '0'"),
+    (["convert", "sft", "IN", "OUT", "--max-media-size", "0KB"], "must be more than 0 bytes"),
     (["convert", "sft", "IN", "OUT", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["convert", "video", "IN", "OUT"], "invalid choice: 'video'"),
     (["inspect", "x.tar", "-n", "0"], "-n"),

@@ -18,7 +18,10 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", text)
     if not match or match.group(2).upper() not in UNITS:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 3GB, 500MiB, 1000000)")
-    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
+    size = int(float(match.group(1)) * UNITS[match.group(2).upper()])
+    if size <= 0:  # a cap of 0 bytes wrote every sample alone in a shard, with a warning each
+        raise argparse.ArgumentTypeError(f"must be more than 0 bytes, not {text!r}")
+    return size
 
 
 def positional_or_flag(args: argparse.Namespace, name: str, shown: str | None = None) -> str:
