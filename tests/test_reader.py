@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
@@ -428,3 +429,24 @@ def test_a_damaged_gzip_shard_raises_shard_format_error(tmp_path, shards):
     (tmp_path / "cut.tar.gz").write_bytes(compressed[:len(compressed) // 2])
     with pytest.raises(ShardFormatError, match=r"cut\.tar\.gz: the gzip stream is damaged or cut short"):
         list(fastwds.WebDataset(str(tmp_path / "cut.tar.gz")))
+
+
+def test_decode_mapping_keys_may_be_whole_extensions_and_never_silently_miss(tmp_path):
+    labels = io.BytesIO()
+    np.save(labels, np.arange(3))
+    shard = crafted_tar(tmp_path / "s.tar", {
+        "a.labels.npy": labels.getvalue(), "a.npy": labels.getvalue(), "a.json": b'{"i": 1}',
+        "a.mask.npy.zst": zstandard.ZstdCompressor().compress(labels.getvalue()), "a.npy.zst": b"raw"})
+    [sample] = fastwds.WebDataset(shard, decode={"labels.npy": lambda data: ("mine", len(data)),
+                                                 "MASK.npy": lambda data: data[:6], "npy.zst": None})
+    assert sample["labels.npy"] == ("mine", len(labels.getvalue()))  # the whole extension wins for that member
+    np.testing.assert_array_equal(sample["npy"], np.arange(3))        # and only for it
+    assert sample["mask.npy.zst"] == b"\x93NUMPY"                      # decompressed, then the custom decoder
+    assert sample["npy.zst"] == b"raw" and sample["json"] == {"i": 1}
+    for key, message in ((".json", r"without the leading dot \('json'\)"), ("pil", "webdataset image spec"),
+                         ("rgb8", "webdataset image spec"), ("", "can never match"), ("labels..npy", "can never match"),
+                         ("npy.", "can never match"), ("a/b", "can never match")):
+        with pytest.raises(ValueError, match=re.escape(f"decode key {key!r}")):
+            fastwds.WebDataset(shard, decode={key: None})
+        with pytest.raises(ValueError, match=message):
+            fastwds.make_loader(shard, decode={"txt": None, key: None})

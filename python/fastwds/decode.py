@@ -1,5 +1,8 @@
 """Member decoders for ``fastwds.WebDataset``, chosen by the last part of a member's extension
-(``labels.npy`` decodes as ``npy``; ``npy.zst`` is decompressed, then decoded as ``npy``).
+(``labels.npy`` decodes as ``npy``; ``npy.zst`` is decompressed, then decoded as ``npy``). A custom
+``decode`` mapping may also name a whole extension (``{"labels.npy": fn}``), which then wins over
+its last part for that member only; a key that can never match a member (``".json"``, ``"a..b"``,
+webdataset's ``"pil"``) is a ``ValueError``.
 
 Nothing here unpickles: ``.npy``/``.npz`` load with ``allow_pickle=False`` (an object array is an
 error), and ``.pyd``, ``.pickle``, ``.pkl``, ``.pth``/``.pt`` (torch.load unpickles) and every
@@ -126,6 +129,26 @@ DECODERS: dict[str, Decoder | None] = {
     **{ext: load_image for ext in IMAGE_EXTENSIONS},
 }
 DECOMPRESSORS: dict[str, Decoder] = {"zst": zstd_decompress, "zstd": zstd_decompress, "gz": gzip.decompress}
+# webdataset's ``decode("pil")`` image specs: names of output types, never member extensions.
+WEBDATASET_SPECS = frozenset(("pil", "pill", "pilrgb", "pilrgba", "l8", "rgb8", "rgba8", "torchl8", "torchrgb8",
+                              "torchrgba8", "torchl", "torchrgb", "torchrgba"))
+
+
+def check_decode_key(key: Any) -> str:
+    """The key of a ``decode`` mapping, lowercased; a ValueError naming it when no member could
+    ever have that extension."""
+    if not isinstance(key, str):
+        raise TypeError(f"decode keys are member extensions (str), not {key!r}")
+    ext = key.lower()
+    if ext.startswith("."):
+        raise ValueError(f"decode key {key!r}: extensions are written without the leading dot ({key[1:]!r})")
+    if not ext or ext.endswith(".") or ".." in ext or "/" in ext or "\\" in ext or ext != ext.strip():
+        raise ValueError(f"decode key {key!r} can never match a member extension (like 'jpg' or 'labels.npy')")
+    if ext in WEBDATASET_SPECS:
+        raise ValueError(f"decode key {key!r} is a webdataset image spec, not a member extension: fastwds "
+                         "decodes images (jpg, png, ...) to PIL images; to decode them otherwise, map their "
+                         "extensions, e.g. {'jpg': fn}")
+    return ext
 
 
 def decoders_for(decode: bool | Mapping[str, Decoder | None]) -> dict[str, Decoder | None] | None:
@@ -136,18 +159,22 @@ def decoders_for(decode: bool | Mapping[str, Decoder | None]) -> dict[str, Decod
     if decode is False or decode is None:
         return None
     if isinstance(decode, Mapping):
-        return {**DECODERS, **{ext.lower(): fn for ext, fn in decode.items()}}
+        return {**DECODERS, **{check_decode_key(ext): fn for ext, fn in decode.items()}}
     raise TypeError(f"decode must be True, False or a mapping of extension -> function, not {decode!r}")
 
 
 def decode_value(ext: str, data: Any, decoders: Mapping[str, Decoder | None]) -> Any:
     if not isinstance(data, bytes):  # already decoded while reading (read_npy)
         return data
-    inner, _, last = ext.rpartition(".")
-    last = last.lower()  # extensions are kept as written; decoders are chosen case-insensitively
-    if last in ("zst", "zstd") and inner.rpartition(".")[2] == "npy" and decoders.get("npy") is load_npy:
-        return load_npy_zst(data)
+    full = ext.lower()  # extensions are kept as written; decoders are chosen case-insensitively
+    if "." in full and full in decoders:  # a custom decoder for the whole extension ("labels.npy")
+        decoder = decoders[full]
+        return decoder(data) if decoder is not None else data
+    inner, _, last = full.rpartition(".")
     if last in DECOMPRESSORS and last not in decoders:
+        if (last in ("zst", "zstd") and inner.rpartition(".")[2] == "npy" and inner not in decoders
+                and decoders.get("npy") is load_npy):
+            return load_npy_zst(data)
         data = DECOMPRESSORS[last](data)
         return decode_value(inner, data, decoders) if inner else data
     decoder = decoders.get(last)

@@ -199,7 +199,9 @@ class WebDataset:
 
     ``urls_or_manifest``: see the module docstring. ``decode``: ``True`` (default) decodes by
     extension (``fastwds.decode``), ``False`` gives raw bytes, a mapping ``{ext: fn(bytes)}``
-    replaces single decoders. ``on_decode_error``: ``"raise"`` (default) raises
+    replaces single decoders (``None``: keep bytes); a key may be a whole extension
+    (``"labels.npy"``), and one that can never match a member (``".json"``, ``"pil"``) is a
+    ``ValueError``. ``on_decode_error``: ``"raise"`` (default) raises
     ``fastwds.DecodeError`` for a member that cannot be decoded; ``"skip"`` drops that sample and
     logs a warning naming shard, key and member. ``rank``/``world_size`` override what
     ``distributed_rank()`` finds.
@@ -290,8 +292,10 @@ class WebDataset:
         epoch = self.epoch
         placement = self.placement()
         decoders = decoders_for(self.decode)
-        # .npy members go straight from the file into their arrays, unless the caller decodes npy.
-        fast_npy = read_npy if decoders is not None and decoders.get("npy") is load_npy else None
+        # .npy members go straight from the file into their arrays, unless the caller decodes npy
+        # (or a whole extension ending in .npy, like "labels.npy").
+        fast_npy = read_npy if decoders is not None and decoders.get("npy") is load_npy and not any(
+            "." in ext and ext.endswith(".npy") for ext in decoders) else None
         samples = self.raw_samples(self.shards_for(epoch, *placement), fast_npy)
         if self.shuffle:
             rng = random.Random(f"fastwds-samples-{self.seed}-{epoch}-{placement[0]}-{placement[2]}")
