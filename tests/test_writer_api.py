@@ -186,3 +186,79 @@ def test_a_writer_never_closed_warns_that_its_open_shard_was_discarded(tmp_path,
         assert sorted(p.name for p in tmp_path.iterdir()) == ["x-000000.tar", "x-000001.tar"]
     else:
         assert "never closed" not in result.stderr
+
+
+@pytest.mark.parametrize("argument, value", [
+    ("maxcount", 0), ("maxcount", -1), ("maxcount", 2.5), ("maxsize", float("inf")), ("maxsize", "3GB"),
+    ("maxsize", 0), ("start_shard", -1), ("mtime", -1), ("mtime", 2**40), ("maxcount", True),
+])
+def test_bad_numbers_are_value_errors_naming_the_argument(tmp_path, argument, value):
+    """They were OverflowError ("can't convert negative int to unsigned"), a ShardPatternError for
+    maxcount=0, or accepted (mtime=2**40 silently clamped, maxsize=0 a shard per sample)."""
+    with pytest.raises(ValueError, match=f"ShardWriter: {argument} must be") as info:
+        fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), **{argument: value})
+    assert not isinstance(info.value, fastwds.ShardPatternError)
+
+
+def test_numbers_in_range_are_accepted(tmp_path):
+    import numpy as np
+
+    with fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), maxcount=np.int64(2), maxsize=3e9, start_shard=5,
+                             mtime=8**11 - 1, fsync=False) as writer:
+        writer.write({"__key__": "a", "txt": "1"})
+    assert writer.records[0].name == "s-005.tar"
+
+
+def test_a_path_pattern_is_accepted(tmp_path):
+    with fastwds.ShardWriter(tmp_path / "s-%03d.tar", fsync=False) as writer:
+        writer.write({"__key__": "a", "txt": "1"})
+    assert writer.records[0].path == str(tmp_path / "s-000.tar") and writer.pattern == str(tmp_path / "s-%03d.tar")
+
+
+@pytest.mark.parametrize("pattern", ["s3://my-bucket/train/shard-%06d.tar", "gs://b/shard-%06d.tar",
+                                     "http://host/shard.tar", "S3://b/x-%d.tar"])
+def test_a_url_pattern_is_refused_not_made_a_local_folder(tmp_path, pattern, monkeypatch):
+    """ShardWriter writes local files: 's3://b/...' made a local folder 's3:' while the records
+    said s3://, so a user believed the shards were in the bucket."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(fastwds.ShardPatternError, match="writes local files only") as info:
+        fastwds.ShardWriter(pattern)
+    assert "upload" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_keys_are_str_utf8_bytes_or_int(tmp_path):
+    """A bytes key became 'b_img_001_--<hash>' (from str(b'img_001')), None the key 'None'."""
+    import numpy as np
+
+    with fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), fsync=False) as writer:
+        assert writer.write({"__key__": b"img_001", "txt": "1"}) == "img_001"
+        assert writer.write({"__key__": 7, "txt": "2"}) == "7"
+        assert writer.write_batch([b"img_002", np.int64(8)], {"txt": ["3", "4"]}) == 2
+        for bad in (None, 1.5, True, b"\xff\xfe"):
+            with pytest.raises(fastwds.SampleError, match="key") as info:
+                writer.write({"__key__": bad, "txt": "x"})
+            assert info.value.sample_id is None
+            with pytest.raises(fastwds.SampleError, match="key"):
+                writer.write_batch(["fine", bad], {"txt": ["x", "y"]})
+    assert keys_on_disk(tmp_path) == ["7", "8", "img_001", "img_002"]
+
+
+def test_a_str_column_is_refused_not_spread_over_the_samples(tmp_path):
+    """write_batch(ids, {"txt": "hi"}) wrote c1.txt = b"h", c2.txt = b"i" (a str is a sequence)."""
+    with fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), fsync=False) as writer:
+        for column in ("hi", b"hi", {"a": 1}):
+            with pytest.raises(TypeError, match="column 'txt' is one"):
+                writer.write_batch(["c1", "c2"], {"txt": column})
+        writer.write_batch(["c1", "c2"], {"txt": ["hi"] * 2})
+    assert [s["txt"] for s in fastwds.WebDataset(str(tmp_path / "s-000.tar"), decode=False)] == [b"hi", b"hi"]
+
+
+def test_malformed_samples_are_typed_errors(tmp_path):
+    with fastwds.ShardWriter(str(tmp_path / "s-%03d.tar"), fsync=False) as writer:
+        with pytest.raises(TypeError, match="mapping"):
+            writer.write([("__key__", "a"), ("txt", "x")])
+        with pytest.raises(fastwds.SampleError, match="member name 5") as info:
+            writer.write({"__key__": "a", 5: "x"})
+        assert info.value.sample_id == "a"
+        writer.write({"__key__": "a", "txt": "x"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -16,6 +18,9 @@ from fastwds import _core
 
 DEFAULT_MAXCOUNT = 100_000
 DEFAULT_MAXSIZE = 3_000_000_000
+# The largest mtime a ustar header holds (11 octal digits).
+MAX_MTIME = 8**11 - 1
+_MAX_INDEX = 2**63 - 1
 
 
 def encode_value(ext: str, value: Any, sample_id: str | None = None) -> bytes:
@@ -66,9 +71,41 @@ def _sample_error(sample_id: str | None, message: str) -> _core.SampleError:
     return error
 
 
+def _sample_id(value: Any) -> str:
+    """A sample's ``__key__`` as the id it is written under: ``str``, UTF-8 ``bytes`` (pyarrow and
+    HF ids often are) or an integer. Anything else is refused rather than written as its repr
+    (``None`` became the key "None", ``b"img"`` the key "b_img_...")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _sample_error(None, f"sample key {bytes(value)!r} is not UTF-8 text") from None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    raise _sample_error(None, f"sample key {value!r} ({type(value).__name__}) is refused; "
+                              "a __key__ must be a str, UTF-8 bytes or an int")
+
+
+def _argument(name: str, value: Any, minimum: int, maximum: int, *, real: bool = False) -> int:
+    """An integer argument in [minimum, maximum]; ``real`` also takes a whole float (3e9)."""
+    number = value
+    if real and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or not minimum <= number <= maximum:
+        bound = f"at least {minimum:,}" if maximum == _MAX_INDEX else f"from {minimum:,} to {maximum:,}"
+        raise ValueError(f"ShardWriter: {name} must be a whole number {bound}, not {value!r}")
+    return int(number)
+
+
 def _column_values(ext: str, column: Any, ids: Sequence[str]) -> list:
     """A column as a list of bytes / ``(BinaryColumn, index)`` references / None. pyarrow binary
     arrays are read in place by the Rust writer; other pyarrow / polars columns convert in C."""
+    if isinstance(column, (str, bytes, bytearray, memoryview, Mapping)):
+        # A str is a sequence of characters: "hi" would write one character per sample.
+        raise TypeError(f"write_batch: column {ext!r} is one {type(column).__name__}, not one value per id; "
+                        f"pass a list (e.g. [value] * len(ids)) or a pyarrow/polars column")
     if type(column).__module__.startswith("pyarrow"):
         import pyarrow as pa
 
@@ -104,7 +141,7 @@ class ShardWriter:
 
     def __init__(
         self,
-        pattern: str,
+        pattern: str | os.PathLike[str],
         maxcount: int = DEFAULT_MAXCOUNT,
         maxsize: float = DEFAULT_MAXSIZE,
         *,
@@ -116,16 +153,17 @@ class ShardWriter:
         dali_index: bool = False,
         verbose: int = 0,
     ) -> None:
+        pattern = os.fsdecode(os.fspath(pattern))
         self.pattern = pattern
         self.verbose = verbose
         self._sink = _core.ShardSink(
             pattern,
-            maxcount=int(maxcount),
-            maxsize=int(maxsize),
-            mtime=int(mtime),
+            maxcount=_argument("maxcount", maxcount, 1, _MAX_INDEX),
+            maxsize=_argument("maxsize", maxsize, 1, _MAX_INDEX, real=True),
+            mtime=_argument("mtime", mtime, 0, MAX_MTIME),
             fsync=fsync,
             overwrite=overwrite,
-            start_index=int(start_shard),
+            start_index=_argument("start_shard", start_shard, 0, _MAX_INDEX),
             energon_index=energon_index,
             dali_index=dali_index,
         )
@@ -140,11 +178,17 @@ class ShardWriter:
         Entries whose name starts with ``_`` (``__url__``, ...) are metadata and skipped, as in
         webdataset. Values: see ``encode_value``.
         """
+        if not isinstance(sample, Mapping):
+            raise TypeError(f"ShardWriter.write takes one sample as a mapping ({{'__key__': id, ext: value}}), "
+                            f"not a {type(sample).__name__}")
         try:
             sample_id = sample["__key__"]
         except KeyError:
-            raise _core.SampleError("sample has no '__key__'") from None
-        sample_id = str(sample_id)
+            raise _sample_error(None, "sample has no '__key__'") from None
+        sample_id = _sample_id(sample_id)
+        for ext in sample:
+            if not isinstance(ext, str):
+                raise _sample_error(sample_id, f"member name {ext!r} is not a str extension ({type(ext).__name__})")
         members = [(ext, encode_value(ext, value, sample_id))
                    for ext, value in sample.items() if not ext.startswith("_") and value is not None]
         with self._lock:
@@ -153,10 +197,17 @@ class ShardWriter:
     def write_batch(self, ids: Sequence[Any], columns: Mapping[str, Any]) -> int:
         """Write ``len(ids)`` samples given column by column: ``columns[ext]`` holds one value
         per id (a list, or a pyarrow/polars column); ``None`` leaves that member out. pyarrow
-        binary columns are written straight from Arrow memory, without copies into Python."""
+        binary columns are written straight from Arrow memory, without copies into Python.
+        Ids are ``str``, UTF-8 ``bytes`` or ints, as ``__key__`` in ``write``.
+
+        All or nothing: every sample is encoded and checked (values, extensions, keys, keys
+        already written or repeated in the batch) before any is written, so if one is bad the
+        ``SampleError`` names it and none of the batch is written; fix it and write the batch
+        again. An I/O error part-way fails the writer, as for ``write`` (its open shard is
+        dropped). Returns the number of samples written."""
         if hasattr(ids, "to_pylist"):
             ids = ids.to_pylist()
-        ids = [str(i) for i in ids]
+        ids = [i if type(i) is str else _sample_id(i) for i in ids]
         prepared = [(ext, _column_values(ext, column, ids)) for ext, column in columns.items()]
         with self._lock:
             return self._sink.write_batch(ids, prepared)
