@@ -124,3 +124,29 @@ def test_verify_warns_when_hf_would_fail_or_drop_members(mixed):
     assert "silently drops" in differ and "'jpg'" in differ and "features=" in differ
     strict = run_cli("verify", str(mixed), "--strict", check=False)
     assert strict.returncode == 1 and "hf_columns_differ" in strict.stdout
+
+
+def test_kept_invalid_images_and_videos_load_as_bytes(tmp_path):
+    """A broken image kept by --on-invalid keep is ``KEY.bin``, a video ``KEY.mp4``: the card
+    declared no columns then, and HF failed the load ("don't share the same prefix or the same
+    types") or dropped images. They are declared as binary now: every sample and member loads."""
+    from parquet_data import corrupt_png
+    from sft_data import make_video_dataset
+
+    rows = [(f"ok-{i}", image("png" if i % 2 else "jpg", i), None, turns("<image> what?"), None) for i in range(6)]
+    rows.insert(2, ("broken", b"not an image at all", None, turns("<image> what?"), None))
+    rows.insert(4, ("cut", corrupt_png()[:40], None, turns("<image> what?"), None))
+    write_rows(tmp_path / "data" / "a.parquet", rows)
+    out = tmp_path / "keep"
+    run_cli("convert", "parquet", str(tmp_path / "data"), str(out), "--on-invalid", "keep", "--no-progress")
+    dataset = datasets.load_dataset(str(out), split="train")
+    assert len(dataset) == 8 and sum(row["bin"] is not None for row in dataset) == 2
+    assert sum(isinstance(row[c], Image.Image) for row in dataset for c in ("jpg", "png") if row[c] is not None) == 6
+    videos = make_video_dataset(tmp_path / "videos")
+    video_out = tmp_path / "video-out"
+    run_cli("convert", "sft", str(videos.root / "videos.jsonl"), str(video_out), "--media", "video", "--no-progress")
+    manifest = json.loads((video_out / "manifest.json").read_text())
+    loaded = datasets.load_dataset(str(video_out), split="train")
+    assert len(loaded) == manifest["totals"]["samples"]
+    media = [c for c in loaded.column_names if c not in ("json", "__key__", "__url__")]
+    assert sum(row[c] is not None for row in loaded for c in media) == shard_images(video_out)

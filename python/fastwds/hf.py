@@ -25,11 +25,14 @@ CARD_NAME = "README.md"
 CARD_MARK = "<!-- written by fastwds: the columns below are every member extension of these shards -->"
 IMAGE_EXTENSIONS = frozenset(("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"))
 TEXT_EXTENSIONS = frozenset(("txt", "text", "caption"))
+# Members HF gets as bytes: a kept image fastwds could not identify (``KEY.bin``, --on-invalid
+# keep) and videos (cast to ``datasets.Video`` to decode them: that needs a decoder installed).
+BINARY_EXTENSIONS = frozenset(("bin", "mp4", "mov", "webm", "mkv", "avi"))
 
 
 def column_type(extension: str) -> str | None:
     """HF's type for a member extension (its last part decides, as in HF's builder), or None
-    when it has no simple declaration (arrays, videos: HF infers those)."""
+    when it has no simple declaration (arrays: HF infers those)."""
     last = extension.rsplit(".", 1)[-1].lower()
     if last in ("json", "jsn"):
         return "json"
@@ -37,6 +40,8 @@ def column_type(extension: str) -> str | None:
         return "image"
     if last in TEXT_EXTENSIONS:
         return "string"
+    if last in BINARY_EXTENSIONS:
+        return "binary"
     return None
 
 
@@ -61,7 +66,7 @@ def dataset_card(name: str, samples: int, features: list[dict[str, str]] | None,
               "```python", "from datasets import load_dataset", "",
               'dataset = load_dataset("PATH_OR_REPO_OF_THIS_FOLDER", split="train")', "```", ""]
     if features is None:
-        lines += ["The members of these samples include types HF infers itself (arrays, videos): it takes the "
+        lines += ["The members of these samples include types HF infers itself (arrays): it takes the "
                   "columns from the first samples of the first shard.", ""]
     return "\n".join(lines)
 
