@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import subprocess
 import sys
 import tarfile
@@ -290,6 +291,9 @@ def test_upper_case_volumes_are_read_and_deeper_ones_are_named(tmp_path):
     assert json.loads(result.stdout)["samples"] == 2
     assert sorted(s["json"]["file"] for s in fastwds.WebDataset(out)) == ["UPPER.NPZ", "lower.npz"]
     assert "1 .npz file(s)" in result.stderr and "p/a/b/deep.npz" in result.stderr, result.stderr
+    # Volumes this small make shards larger than the input: said so, not "0.34x smaller, -194% saved".
+    summary = run_cli("convert", "npz", str(root), str(tmp_path / "again"), "--no-progress").stdout
+    assert re.search(r"output \(shards\) +[0-9.]+ MB \([0-9.]+x larger\)$", summary, re.M), summary
 
 
 def test_unreadable_and_object_volumes_are_rejected_without_unpickling(tmp_path):

@@ -147,9 +147,7 @@ class NpzSource(Source):
         stats = manifest["stats"]
         sizes, precision, csv = stats["bytes"], stats["precision"], stats["csv"]
         rows = [("input (npz)", f"{sizes['input_written'] / 1e6:,.1f} MB of volumes written"),
-                ("output (shards)", f"{sizes['output'] / 1e6:,.1f} MB"
-                 + (f" ({sizes['compression_ratio']:.2f}x smaller, {sizes['space_saved_fraction']:.0%} saved)"
-                    if sizes["compression_ratio"] else ""))]
+                ("output (shards)", f"{sizes['output'] / 1e6:,.1f} MB" + size_change(sizes["compression_ratio"]))]
         if precision["max_abs_error"] is not None:
             rows.append(("float16 error", f"max {precision['max_abs_error']:.3g} "
                                           f"({precision['max_abs_error_volume']}), RMSE {precision['rmse']:.3g}"))
@@ -161,6 +159,16 @@ class NpzSource(Source):
                          + " (in rejects.jsonl)"))
         rows.append(("per volume", stats["volumes_file"]))
         return rows
+
+
+def size_change(ratio: float | None) -> str:
+    """`` (2.10x smaller, 52% saved)``, or `` (2.94x larger)`` when the shards outgrow the input
+    (small volumes, whose tar headers and JSON weigh more than float16 saves)."""
+    if not ratio:
+        return ""
+    if ratio >= 1:
+        return f" ({ratio:.2f}x smaller, {1 - 1 / ratio:.0%} saved)"
+    return f" ({1 / ratio:.2f}x larger)"
 
 
 SOURCE = NpzSource()
