@@ -262,3 +262,32 @@ def test_malformed_samples_are_typed_errors(tmp_path):
             writer.write({"__key__": "a", 5: "x"})
         assert info.value.sample_id == "a"
         writer.write({"__key__": "a", "txt": "x"})
+
+
+def _write(pattern: str, keys: list[str], **options) -> list:
+    with fastwds.ShardWriter(pattern, maxcount=2, fsync=False, **options) as writer:
+        for key in keys:
+            writer.write({"__key__": key, "txt": key})
+    return writer.records
+
+
+def test_overwrite_warns_about_an_earlier_runs_higher_numbered_shards(tmp_path):
+    """overwrite=True replaces only the shards this run writes: the earlier run's shards 2-4 stayed,
+    and a glob of the pattern silently mixed old and new samples."""
+    import warnings
+
+    pattern = str(tmp_path / "x-%06d.tar")
+    _write(pattern, [f"old{i}" for i in range(10)])
+    with pytest.warns(RuntimeWarning, match="3 higher-numbered shard") as caught:
+        _write(pattern, ["new0", "new1", "new2"], overwrite=True)
+    message = str(caught[0].message)
+    assert "x-000002.tar, x-000003.tar, x-000004.tar" in message and "x-000001.tar," not in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _write(pattern, [f"n{i}" for i in range(10)], overwrite=True)  # replaces all five: nothing to say
+        _write(str(tmp_path / "y-%d.tar"), ["a", "b"], overwrite=True)  # x-* is another pattern
+    single = str(tmp_path / "task-7.tar")
+    _write(single, ["a"])
+    (tmp_path / "task-7-1.tar").write_bytes(b"an earlier run's second shard")
+    with pytest.warns(RuntimeWarning, match=r"\(task-7-1.tar\)"):
+        _write(single, ["b"], overwrite=True)

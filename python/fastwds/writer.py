@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -125,6 +126,26 @@ def _is_reference(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], _core.BinaryColumn)
 
 
+def _shards_after(pattern: str, last: int) -> list[str]:
+    """Names of the shards of ``pattern`` in its folder numbered after ``last``, by number."""
+    numbered = re.fullmatch(r"(.*)%(0\d+)?d([^/%]*)", pattern)
+    if numbered:
+        prefix, width, suffix = numbered.group(1), int(numbered.group(2) or 0), numbered.group(3)
+        folder, head = os.path.split(prefix)
+        name = re.compile(re.escape(head) + r"(\d+)" + re.escape(suffix))
+        spell = lambda i: f"{head}{i:0{width}d}{suffix}"  # noqa: E731
+    else:  # "task-7.tar": more shards are "task-7-1.tar", "task-7-2.tar", ...
+        folder, head = os.path.split(pattern[:-len(".tar")])
+        name = re.compile(re.escape(head) + r"-(\d+)\.tar")
+        spell = lambda i: f"{head}-{i}.tar"  # noqa: E731
+    found = []
+    for entry in os.listdir(folder or "."):
+        match = name.fullmatch(entry)
+        if match and int(match.group(1)) > last and spell(int(match.group(1))) == entry:
+            found.append((int(match.group(1)), entry))
+    return [entry for _, entry in sorted(found)]
+
+
 class ShardWriter:
     """Write samples into shards named by ``pattern`` (``"out/shard-%06d.tar"``).
 
@@ -156,6 +177,7 @@ class ShardWriter:
         pattern = os.fsdecode(os.fspath(pattern))
         self.pattern = pattern
         self.verbose = verbose
+        self._overwrite = bool(overwrite)
         self._sink = _core.ShardSink(
             pattern,
             maxcount=_argument("maxcount", maxcount, 1, _MAX_INDEX),
@@ -223,6 +245,8 @@ class ShardWriter:
             if self.records is None:
                 self.records = self._sink.close()
                 self._warn_about(self.records)
+                if self._overwrite and self.records:
+                    self._warn_about_stale_shards(max(r.index for r in self.records))
         return self.records
 
     def _warn_about(self, records: list[_core.ShardRecord]) -> None:
@@ -232,6 +256,21 @@ class ShardWriter:
                               "it was written to its own shard", stacklevel=3)
             if self.verbose:
                 print(f"# wrote {record.path}: {record.num_samples} samples, {record.size} bytes")
+
+    def _warn_about_stale_shards(self, last: int) -> None:
+        """overwrite=True replaces the shards this writer writes, and only those: shards of an
+        earlier run numbered past the last one written stay, and a glob of the pattern would
+        mix them in. Say so, naming them."""
+        try:
+            stale = _shards_after(self.pattern, last)
+        except OSError:
+            return
+        if stale:
+            names = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+            warnings.warn(f"{self.pattern}: overwrite=True replaced this run's shards, but {len(stale)} "
+                          f"higher-numbered shard(s) of an earlier run are still there ({names}); a glob of "
+                          "the pattern would mix them in: remove them if they are not part of this output",
+                          RuntimeWarning, stacklevel=3)
 
     def abort(self) -> None:
         """Drop the unfinished shard (its ``.partial`` file is removed); finished shards stay.
