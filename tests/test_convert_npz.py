@@ -296,6 +296,16 @@ def test_upper_case_volumes_are_read_and_deeper_ones_are_named(tmp_path):
     assert re.search(r"output \(shards\) +[0-9.]+ MB \([0-9.]+x larger\)$", summary, re.M), summary
 
 
+def test_a_csv_with_another_separator_is_said_to_be_one(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    np.savez(root / "x.npz", np.zeros((1, 2, 2, 2), np.float32))
+    meta = tmp_path / "meta.csv"
+    meta.write_text("VolumeName;Site\nx;a\n")
+    result = run_cli("convert", "npz", str(root), str(tmp_path / "out"), "--meta", str(meta), check=False)
+    assert result.returncode == 1 and "its columns are separated by ';'" in result.stderr, result.stderr
+
+
 def test_unreadable_and_object_volumes_are_rejected_without_unpickling(tmp_path):
     root = tmp_path / "data"
     root.mkdir()

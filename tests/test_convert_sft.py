@@ -371,6 +371,20 @@ def test_fields_fastwds_does_not_read_are_named_and_none_is_dropped_silently(tmp
                        "the row has both a 'system' field and a system turn"]
 
 
+def test_content_as_a_list_of_parts_is_named_as_such(tmp_path):
+    """HF chat templates' ``content: [{type: image}, {type: text, text}]`` was rejected as
+    "turn 0 (user) has no text"; the reason now says what the turn holds."""
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(seed=6))
+    turns = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+             {"role": "assistant", "content": "A cat."}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"id": "parts", "image": "a.jpg", "messages": turns}) + "\n")
+    result = run_cli("convert", "sft", str(data), str(tmp_path / "out"), check=False)
+    assert result.returncode == 1  # nothing written
+    [reject] = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["reason"] == "bad_turn" and "content is a list of parts" in reject["detail"], reject
+
+
 @pytest.mark.parametrize("container, codec, expected", [("mp4", "mpeg4", "mp4"), ("mov", "mpeg4", "mov"),
                                                         ("webm", "libvpx", "webm"), ("matroska", "mpeg4", "mkv"),
                                                         ("avi", "mpeg4", "avi")])

@@ -57,6 +57,9 @@ def normalize_conversations(turns: Any, allow_empty_system: bool = False) -> lis
         role = ROLE_ALIASES.get(str(raw_role).strip().lower()) if raw_role is not None else None
         if role is None:
             return Problem("bad_role", f"turn {number} has role {raw_role!r}")
+        if isinstance(content, list):  # HF chat templates' [{"type": "image"}, {"type": "text", ...}]
+            return Problem("bad_turn", f"turn {number} ({role}): its content is a list of parts, not text with "
+                                       "<image> tokens where the images go; fastwds reads the text form")
         if not isinstance(content, str) or not (content.strip() or (role == "system" and allow_empty_system)):
             return Problem("empty_turn", f"turn {number} ({role}) has no text")
         normalized.append({"role": role, "content": content})

@@ -120,6 +120,11 @@ def scan_csv(path: str, key_column: str, infer: bool) -> pl.LazyFrame:
     except (pl.exceptions.PolarsError, OSError) as error:
         raise InvalidInputError(f"{path}: not a readable CSV file: {error}") from None
     if key_column not in names:
+        if len(names) == 1 and (other := next((d for d in (";", "\t", "|") if d in names[0]), None)):
+            raise InvalidInputError(f"{path}: its columns are separated by {other!r} ({names[0][:60]!r}); fastwds "
+                                    "reads comma-separated CSV: convert it, e.g. with "
+                                    f"`python -c \"import polars as pl; pl.read_csv('IN', separator={other!r})"
+                                    ".write_csv('OUT')\"`")
         raise InvalidInputError(f"{path}: no column {key_column!r} (columns: {', '.join(names)}); "
                                 "name the key column with --key-column")
     return frame.with_row_index(ROW_COLUMN).with_columns(
