@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import re
 import subprocess
@@ -450,3 +451,34 @@ def test_decode_mapping_keys_may_be_whole_extensions_and_never_silently_miss(tmp
             fastwds.WebDataset(shard, decode={key: None})
         with pytest.raises(ValueError, match=message):
             fastwds.make_loader(shard, decode={"txt": None, key: None})
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"rank": 3, "world_size": 2}, ValueError, r"rank 3 is not within world_size 2 \(ranks are 0 to 1\)"),
+    ({"rank": 2, "world_size": 2}, ValueError, "rank 2 is not within world_size 2"),
+    ({"world_size": 0}, ValueError, "world_size must be at least 1, not 0"),
+    ({"rank": -1}, ValueError, "rank must be at least 0, not -1"),
+    ({"rank": "1", "world_size": 2}, TypeError, "rank must be an integer or None, not '1'"),
+])
+def test_impossible_rank_or_world_size_is_refused_by_the_constructor(shards, options, error, message):
+    with pytest.raises(error, match=message):
+        fastwds.WebDataset(shards, **options)
+    with pytest.raises(error, match=message):
+        fastwds.make_loader(shards, num_workers=2, **options)
+
+
+def test_url_errors_name_the_url_given_not_a_manifest_beside_it(shards):
+    for url in ("http://x/y.tar", "https://example.org/data-{000000..000003}.tar", "gs://bucket/x.tar"):
+        with pytest.raises(fastwds.InvalidInputError) as caught:
+            fastwds.WebDataset(url)
+        assert str(caught.value).startswith(f"{url}: fastwds reads and writes local paths and s3:// URLs")
+        assert "manifest.json" not in str(caught.value)
+    # An unreachable store: the shard given leads the message (one attempt, a closed port).
+    code = ("import fastwds\n"
+            "try:\n    fastwds.WebDataset('s3://bucket/x-000000.tar')\n"
+            "except fastwds.FastwdsError as error:\n    print(type(error).__name__, error)\n")
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.stdout.startswith("StorageError s3://bucket/x-000000.tar: cannot reach its store (looking for the "
+                                    "manifest.json beside it): "), (result.stdout, result.stderr)

@@ -94,10 +94,18 @@ def expected_counts(shards: Sequence[str]) -> dict[str, int]:
         return shard if storage.is_url(shard) else os.path.abspath(shard)
 
     counts: dict[str, int] = {}
-    for folder in dict.fromkeys(key(shard).rsplit("/", 1)[0] for shard in shards):
+    folders: dict[str, str] = {}  # folder -> its first shard, to name in errors
+    for shard in shards:
+        folders.setdefault(key(shard).rsplit("/", 1)[0], shard)
+    for folder, shard in folders.items():
         for name in ("manifest.json", "index.wids.json"):
             index = f"{folder}/{name}"
-            if storage.is_file(index):
+            try:
+                found = storage.is_file(index)
+            except storage.StorageError as error:  # name what the user gave, not the index we looked for
+                raise storage.StorageError(f"{shard}: cannot reach its store (looking for the {name} beside it): "
+                                           f"{error}") from error
+            if found:
                 try:
                     listed = read_index(index)
                 except InvalidInputError:
@@ -117,6 +125,7 @@ def expand_urls(urls: Urls) -> list[str]:
         if text.startswith("pipe:"):
             raise InvalidInputError(f"{text}: fastwds.WebDataset reads files and s3:// URLs, not pipes")
         if storage.is_url(text):
+            storage.parse_url(text)  # an unsupported scheme is refused naming this URL
             shards += remote_shards(text)
             continue
         path = Path(text)
@@ -151,6 +160,19 @@ def split_shards(shards: Sequence[str], rank: int, world_size: int, worker: int,
     """The shards one worker of one rank reads: disjoint across all (rank, worker) pairs, and
     together all of them."""
     return list(shards[rank::world_size][worker::num_workers])
+
+
+def check_placement(rank: int | None, world_size: int | None) -> None:
+    """Refuse a ``rank``/``world_size`` given to the constructor that no process could have."""
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an integer or None, not {value!r}")
+    if world_size is not None and world_size < 1:
+        raise ValueError(f"world_size must be at least 1, not {world_size}")
+    if rank is not None and rank < 0:
+        raise ValueError(f"rank must be at least 0, not {rank}")
+    if rank is not None and world_size is not None and rank >= world_size:
+        raise ValueError(f"rank {rank} is not within world_size {world_size} (ranks are 0 to {world_size - 1})")
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -213,6 +235,7 @@ class WebDataset:
                  on_decode_error: str = "raise") -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
+        check_placement(rank, world_size)
         if on_decode_error not in DECODE_ERROR_CHOICES:
             raise ValueError(f"on_decode_error must be 'raise' or 'skip', not {on_decode_error!r}")
         self.shards = expand_urls(urls_or_manifest)
