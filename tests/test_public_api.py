@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import os
 import shutil
 import subprocess
@@ -75,7 +76,18 @@ def test_mypy_sees_the_real_types(tmp_path):
     result = subprocess.run([*command, "--python-executable", sys.executable, "--no-incremental",
                              "--cache-dir", os.devnull, str(script)], capture_output=True, text=True)
     lines = result.stdout.splitlines()
-    assert "-> fastwds.reader.WebDataset" in lines[0] and "on_decode_error: str" in lines[0], result.stdout
+    assert "-> fastwds.reader.WebDataset" in lines[0], result.stdout
+    assert "on_decode_error: Literal['raise'] | Literal['skip']" in lines[0], result.stdout
+    assert '"def (location: str) -> ' in lines[1], result.stdout
     assert '"maxcount" to "ShardWriter" has incompatible type "str"; expected "int"' in lines[2], result.stdout
     assert 'Module has no attribute "NoSuchThing"' in lines[3], result.stdout
     assert len(lines) == 5 and "Found 2 errors" in lines[4], result.stdout
+
+
+def test_help_on_the_reader_stands_on_its_own():
+    """``help(fastwds.WebDataset)`` explains every parameter, rather than pointing elsewhere."""
+    doc = fastwds.WebDataset.__doc__
+    assert "see the module docstring" not in doc
+    parameters = [p for p in inspect.signature(fastwds.WebDataset).parameters if p != "self"]
+    assert [p for p in parameters if f"``{p}``" not in doc] == []
+    assert "set_epoch" in doc and "DecodeError" in doc

@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 from fastwds.decode import Decoder, decode_sample, decoders_for, load_npy, read_npy
 from fastwds.errors import DecodeError, InvalidInputError
@@ -217,22 +217,36 @@ def _payload_bytes(sample: dict) -> int:
 
 
 class WebDataset:
-    """Iterate the samples of WebDataset shards: ``{"__key__", "__url__", ext: value}``.
+    """Iterate the samples of WebDataset shards: ``{"__key__", "__url__", ext: value}``; a
+    PyTorch ``IterableDataset`` (see ``make_loader``). More in ``help(fastwds.reader)``.
 
-    ``urls_or_manifest``: see the module docstring. ``decode``: ``True`` (default) decodes by
-    extension (``fastwds.decode``), ``False`` gives raw bytes, a mapping ``{ext: fn(bytes)}``
-    replaces single decoders (``None``: keep bytes); a key may be a whole extension
-    (``"labels.npy"``), and one that can never match a member (``".json"``, ``"pil"``) is a
-    ``ValueError``. ``on_decode_error``: ``"raise"`` (default) raises
-    ``fastwds.DecodeError`` for a member that cannot be decoded; ``"skip"`` drops that sample and
-    logs a warning naming shard, key and member. ``rank``/``world_size`` override what
-    ``distributed_rank()`` finds.
+    - ``urls_or_manifest``: a ``manifest.json`` or its folder, a wids ``index.wids.json``, a shard
+      path, a glob (``out/*.tar``), a brace pattern (``data-{000000..000009}.tar``), ``s3://``
+      URLs (of a manifest, a prefix holding one, shards, a brace pattern), or a list of these.
+      ``.tar``, ``.tar.gz``, ``.tgz``.
+    - ``shuffle``: shuffle the shard order, then samples through a buffer of ``buffer_size``
+      samples and ``buffer_bytes`` bytes; deterministic for ``seed`` and the epoch, which only
+      ``set_epoch`` changes (call it before each epoch, as with ``DistributedSampler``).
+    - ``decode``: ``True`` (default) decodes by extension (``fastwds.decode``: npy, npz, json,
+      text, cls, images; nothing is unpickled), ``False`` gives raw bytes, a mapping
+      ``{ext: fn(bytes)}`` replaces single decoders (``None``: keep bytes); a key may be a whole
+      extension (``"labels.npy"``), and one that can never match a member (``".json"``,
+      ``"pil"``) is a ``ValueError``.
+    - ``on_decode_error``: ``"raise"`` (default) raises ``fastwds.DecodeError`` (shard, key,
+      member) for a member that cannot be decoded; ``"skip"`` drops that sample and logs a
+      warning naming them.
+    - ``rank``/``world_size``: override what ``distributed_rank()`` finds (torch.distributed,
+      else the ``RANK``/``WORLD_SIZE`` torchrun sets). Shards are dealt out by rank, then by
+      DataLoader worker, so every sample arrives exactly once per epoch.
+
+    Damaged shards raise ``fastwds.ShardFormatError``, unsafe member paths
+    ``fastwds.UnsafeMemberError``.
     """
 
     def __init__(self, urls_or_manifest: Urls, *, shuffle: bool = False, buffer_size: int = 1000,
                  buffer_bytes: int = 1 << 30, decode: bool | Mapping[str, Decoder | None] = True,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 on_decode_error: str = "raise") -> None:
+                 on_decode_error: Literal["raise", "skip"] = "raise") -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
         check_placement(rank, world_size)
