@@ -466,3 +466,29 @@ def test_commands_that_read_shards_start_without_the_conversion_stack(tmp_path, 
             "print(code, sorted(name for name in ('polars', 'pyarrow') if name in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "0 []", (result.stdout, result.stderr)
+
+
+def test_the_help_of_a_command_names_only_options_it_has():
+    """``convert npz --help`` told npz users about --verify-images and --reencode, which npz
+    does not have. (``bench`` describes its modes by convert's flags on purpose.)"""
+    import argparse
+    import re as regex
+
+    from fastwds.cli import build_parser
+
+    wrong = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        own = {option for action in parser._actions for option in action.option_strings}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif action.help and action.help is not argparse.SUPPRESS:
+                for option in regex.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", action.help):
+                    if option not in own:
+                        wrong.append((" ".join(path), action.option_strings, option))
+
+    walk(build_parser(), ["fastwds"])
+    wrong = [entry for entry in wrong if not entry[0].startswith("fastwds bench")]
+    assert not wrong, wrong

@@ -218,6 +218,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.set_defaults(run=run_source, source_object=source, max_samples_per_shard=defaults.max_samples_per_shard,
                          max_shard_size=defaults.max_shard_bytes, parser=sub)
         for action in sub._actions:  # the shared help states this source's defaults
+            if action.dest == "num_workers" and not source.has_images:  # no image options to name
+                action.help = f"worker processes with --engine local (default: one per two cores, here " \
+                              f"{default_workers()})"
             if action.help is argparse.SUPPRESS or "--max-samples-per-shard" not in action.option_strings \
                     and "--max-shard-size" not in action.option_strings:
                 continue
