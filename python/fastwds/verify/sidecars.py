@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from fastwds.convert.layout import MANIFEST_NAME, RUN_FILE, TASKS_DIR
+from fastwds.energon import META_DIR
 from fastwds.indexes import WIDS_KIND
 
-ENERGON_META = ".nv-meta"
 
 
 @dataclass
@@ -101,7 +101,7 @@ class Sidecars:
                         shard=MANIFEST_NAME)
             return
         self.manifest = entries
-        self.checked.append(f"{MANIFEST_NAME} ({len(entries)} shards)")
+        self.checked.append(f"{MANIFEST_NAME} ({shards(len(entries))})")
         indexes, options, energon = (manifest.get(name) for name in ("indexes", "options", "energon"))
         if isinstance(indexes, dict) and isinstance(indexes.get("wids"), str):
             self.declared_wids = indexes["wids"]
@@ -141,10 +141,10 @@ class Sidecars:
                             f"{error})", shard=path.name)
                 continue
             self.wids.append((path.name, entries))
-            self.checked.append(f"{path.name} (wids, {len(entries)} shards)")
+            self.checked.append(f"{path.name} (wids, {shards(len(entries))})")
 
     def _load_energon(self) -> None:
-        meta = self.root / ENERGON_META
+        meta = self.root / META_DIR
         if not meta.is_dir():
             if self.declared_energon_meta is not None:
                 self.report("energon_meta_mismatch", f"{MANIFEST_NAME} says Energon's {self.declared_energon_meta}/ "
@@ -152,8 +152,8 @@ class Sidecars:
             return
         info = meta / ".info.json"
         if not info.is_file():
-            self.report("index_not_checked", f"{ENERGON_META}: no .info.json (older Energon writes .info.yaml, "
-                        "which verify does not read)", shard=ENERGON_META)
+            self.report("index_not_checked", f"{META_DIR}: no .info.json (older Energon writes .info.yaml, "
+                        "which verify does not read)", shard=META_DIR)
             return
         try:
             counts = json.loads(info.read_text(encoding="utf-8"))["shard_counts"]
@@ -161,14 +161,14 @@ class Sidecars:
             self.energon_counts = {resolved(self.root / name): (name, number, int(count))
                                    for number, (name, count) in enumerate(counts.items())}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            self.report("energon_meta_mismatch", f"{ENERGON_META}/.info.json: cannot read shard_counts "
-                        f"({type(error).__name__}: {error})", shard=ENERGON_META)
+            self.report("energon_meta_mismatch", f"{META_DIR}/.info.json: cannot read shard_counts "
+                        f"({type(error).__name__}: {error})", shard=META_DIR)
             return
-        self.checked.append(f"{ENERGON_META}/.info.json ({len(self.energon_counts)} shards)")
+        self.checked.append(f"{META_DIR}/.info.json ({shards(len(self.energon_counts))})")
         sqlite_path = meta / "index.sqlite"
         if sqlite_path.is_file():
             self.energon_sqlite = sqlite_path
-            self.checked.append(f"{ENERGON_META}/index.sqlite")
+            self.checked.append(f"{META_DIR}/index.sqlite")
 
     # -- what the scan must compute ------------------------------------------------------------
 
@@ -258,7 +258,7 @@ class Sidecars:
         if not path.is_file():
             if self.energon_counts is not None and resolved(scan.path) in self.energon_counts:
                 self.report("energon_index_mismatch", f"{path.name} is missing: Energon needs it for every shard "
-                            f"listed in {ENERGON_META}", shard=scan.name)
+                            f"listed in {META_DIR}", shard=scan.name)
             elif self.declared_energon_idx and self._declared_for(scan):
                 self.report("energon_index_mismatch", f"{path.name} is missing ({MANIFEST_NAME}: written with "
                             "Energon's index)", shard=scan.name)
@@ -287,18 +287,18 @@ class Sidecars:
             return
         entry = self.energon_counts.get(key)
         if entry is None:
-            self.report("unlisted_shard", f"not listed in {ENERGON_META}/.info.json: Energon will not read it",
+            self.report("unlisted_shard", f"not listed in {META_DIR}/.info.json: Energon will not read it",
                         shard=scan.name)
             return
         name, tar_file_id, count = entry
         if count != len(scan.samples):
-            self.report("energon_meta_mismatch", f"{ENERGON_META}/.info.json says {name} has {count} samples, the "
+            self.report("energon_meta_mismatch", f"{META_DIR}/.info.json says {name} has {count} samples, the "
                         f"shard has {len(scan.samples)}", shard=scan.name)
         if self.energon_sqlite is not None:
             self._check_sqlite(scan, tar_file_id)
 
     def _check_sqlite(self, scan: ShardScan, tar_file_id: int) -> None:
-        where = f"{ENERGON_META}/index.sqlite"
+        where = f"{META_DIR}/index.sqlite"
         try:
             with contextlib.closing(sqlite3.connect(f"file:{self.energon_sqlite}?mode=ro", uri=True)) as db:
                 tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -356,7 +356,7 @@ class Sidecars:
         if self.energon_counts is not None:
             for path, (name, _, _) in self.energon_counts.items():
                 if path not in self.seen:
-                    self.report("energon_meta_mismatch", f"{ENERGON_META}/.info.json lists {name}, which is not in "
+                    self.report("energon_meta_mismatch", f"{META_DIR}/.info.json lists {name}, which is not in "
                                 "the folder", shard=name)
 
     def _check_run_finished(self) -> None:
@@ -377,8 +377,11 @@ class Sidecars:
     def summary(self) -> list[str]:
         checked = list(self.checked)
         if self.dali_checked:
-            checked.append(f"DALI .idx ({self.dali_checked} shards)")
+            checked.append(f"DALI .idx ({shards(self.dali_checked)})")
         if self.energon_idx_checked:
-            checked.append(f"Energon .tar.idx ({self.energon_idx_checked} shards)")
+            checked.append(f"Energon .tar.idx ({shards(self.energon_idx_checked)})")
         return checked
 
+
+def shards(count: int) -> str:
+    return f"{count:,} shard" + ("" if count == 1 else "s")
