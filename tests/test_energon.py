@@ -245,3 +245,17 @@ def test_member_names_split_into_key_and_part_as_energon_splits_them(name):
 
     match = split_name_re.match(name)
     assert split_name(name) == (match.groups() if match else None)
+
+
+def test_a_split_left_without_shards_is_warned_about(tmp_path):
+    """--split-ratio 8,1,1 over one shard gives train 0, val 0, test 1 (as energon prepare cuts
+    it): a training set without training shards, now said when it happens."""
+    dataset = make_image_dataset(tmp_path / "sft")
+    out = tmp_path / "out"
+    result = run_cli("convert", "sft", str(dataset.root / "data.json"), str(out), "--split-ratio", "8,1,1",
+                     "--no-progress", "--json")
+    assert json.loads((out / "manifest.json").read_text())["energon"]["splits"] == {"train": 0, "val": 0, "test": 1}
+    assert "leaves train and val without any" in result.stderr, result.stderr
+    quiet = run_cli("convert", "sft", str(dataset.root / "data.json"), str(tmp_path / "many"), "--split-ratio",
+                    "8,1,1", "--max-samples-per-shard", "1", "--no-progress")
+    assert "without any" not in quiet.stderr

@@ -15,6 +15,7 @@ beside each shard is checked against the same headers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -32,6 +33,8 @@ from fastwds.errors import FastwdsError, InvalidInputError
 
 # Energon's member-name rules are webdataset's (megatron/energon/flavors/webdataset/config.py).
 from fastwds.tar.scanner import TarScanner, group_samples
+
+log = logging.getLogger("fastwds")
 
 ENERGON_VERSION = "7.4.1"
 META_DIR = ".nv-meta"
@@ -306,6 +309,10 @@ def write_energon_meta(output_dir: Path | None, shards: Sequence[dict], *, split
     write_index_sqlite(meta / INDEX_SQLITE, checked(by_name[name] for name in names))
     files.append(f"{META_DIR}/{INDEX_SQLITE}")
     parts = split_parts(names, split_ratio)
+    if starved := [part for part, share in zip(parts, split_ratio) if share > 0 and not parts[part]]:
+        log.warning("the split ratio %s over %d shard(s) leaves %s without any (splits take whole shards, as "
+                    "`energon prepare` cuts them): write more, smaller shards (--max-samples-per-shard)",
+                    ",".join(f"{share:g}" for share in split_ratio), len(names), " and ".join(starved))
     write(f"{META_DIR}/split.yaml", split_yaml(parts, exclude).encode())
     write(f"{META_DIR}/dataset.yaml", dataset_yaml(sample_type).encode())
     write(f"{META_DIR}/index.uuid", dataset_uuid(shards).encode())
