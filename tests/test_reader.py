@@ -482,3 +482,12 @@ def test_url_errors_name_the_url_given_not_a_manifest_beside_it(shards):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout.startswith("StorageError s3://bucket/x-000000.tar: cannot reach its store (looking for the "
                                     "manifest.json beside it): "), (result.stdout, result.stderr)
+
+
+def test_running_out_of_memory_is_not_a_decode_error(tmp_path):
+    def exhausted(data: bytes):
+        raise MemoryError
+
+    shard = crafted_tar(tmp_path / "s.tar", {"a.txt": b"A", "b.txt": b"B"})
+    with pytest.raises(MemoryError):
+        list(fastwds.WebDataset(shard, decode={"txt": exhausted}, on_decode_error="skip"))

@@ -192,6 +192,8 @@ def decode_sample(sample: dict[str, Any], decoders: Mapping[str, Decoder | None]
             continue
         try:
             decoded[name] = decode_value(name, value, decoders)
+        except MemoryError:  # not the member's fault, and never to be skipped as if it were
+            raise
         except Exception as error:
             shard, key = sample.get("__url__"), sample.get("__key__")
             raise DecodeError(f"{shard}: sample {key!r}: cannot decode member {name!r}: "

@@ -339,9 +339,9 @@ class WebDataset:
             samples = shuffled(samples, self.buffer_size, self.buffer_bytes, rng)
         if decoders is None:
             return samples
-        return self.decoded(samples, decoders)
+        return self._decoded(samples, decoders)
 
-    def decoded(self, samples: Iterable[dict], decoders: Mapping[str, Decoder | None]) -> Iterator[dict]:
+    def _decoded(self, samples: Iterable[dict], decoders: Mapping[str, Decoder | None]) -> Iterator[dict]:
         for sample in samples:
             try:
                 yield decode_sample(sample, decoders)
