@@ -266,6 +266,16 @@ def test_extension_differing_only_in_case(tmp_path):
     assert "uppercase_extension" in warning_codes(report)
 
 
+def test_members_webdataset_would_unpickle_are_warned_about(tmp_path):
+    import pickle
+
+    write_tar(tmp_path / "x.tar", chat_sample("a", JPEG) + [("a.pyd", pickle.dumps({"x": 1}))]
+              + chat_sample("b", JPEG) + [("b.weights.pth", b"torch")])
+    code, report = plant_and_verify(tmp_path)
+    assert code == 0 and "pickled_member" in warning_codes(report)
+    assert report["counts"]["pickled_member"]["count"] == 2  # one line per shard, both counted
+
+
 def test_duplicate_key_across_shards(tmp_path):
     good_shards(tmp_path)
     write_tar(tmp_path / "shard-000002.tar", chat_sample("s0-002", JPEG))

@@ -105,6 +105,8 @@ VERIFY_CODES: dict[str, tuple[str, str]] = {
     "long_name": (WARNING, "a name needs a long-name header: wids and DALI see a different name"),
     "name_not_portable": (WARNING, "a member name is not plain ASCII without spaces/backslashes"),
     "uppercase_extension": (WARNING, "an extension has uppercase letters: only webdataset lowercases them"),
+    "pickled_member": (WARNING, "a .pkl/.pickle/.pyd/.pth member: webdataset's default decoders unpickle it (torch.load "
+                                "without weights_only), running any code it holds; fastwds' reader never does"),
     "hidden_key": (WARNING, "a key starting with '.' or '__': HF datasets skips it, other readers do not"),
     "image_extension_mismatch": (WARNING, "an image's extension does not match its real format"),
     "unlisted_shard": (WARNING, "a shard that an index or manifest of the dataset does not list"),

@@ -51,6 +51,10 @@ def unsafe_path_finding(name: str) -> Finding | None:
     return None
 
 
+# Extensions webdataset's default decoders unpickle (pickle.loads; torch.load for .pth).
+PICKLED = frozenset(("pkl", "pickle", "pyd", "pth"))
+
+
 def member_findings(member: TarMember, key: str, ext: str) -> list[Finding]:
     """Safety and portability of one member's header and name (a regular member of sample ``key``)."""
     name = member.name
@@ -80,6 +84,9 @@ def member_findings(member: TarMember, key: str, ext: str) -> list[Finding]:
     if ext != ext.lower():
         found.append(Finding("uppercase_extension", f"{name}: extension {ext!r} (webdataset reads "
                              f"{ext.lower()!r}, Energon/HF/DALI {ext!r})", name))
+    if ext.rsplit(".", 1)[-1].lower() in PICKLED:
+        found.append(Finding("pickled_member", f"{name}: webdataset's default decoding unpickles .{ext.rsplit('.', 1)[-1]} "
+                             "members (code in it runs when the sample is read)", name))
     if key.rsplit("/", 1)[-1].startswith("__"):
         found.append(Finding("hidden_key", f"{name}: key {key!r} starts with '__'", name))
     return found
