@@ -12,7 +12,7 @@ use crate::key;
 use crate::files;
 use crate::inflate;
 use crate::media;
-use crate::shard::{Member, Options, ShardRecord, ShardSink};
+use crate::shard::{Member, MemberRecord, Options, SampleRecord, ShardRecord, ShardSink};
 
 // Named `fastwds._core.X` (their `__module__` is `fastwds._core`), so pickle finds them: an error
 // raised in a worker process reaches the parent as itself.
@@ -220,6 +220,17 @@ impl PyShardRecord {
     }
     fn keys(&self) -> Vec<String> {
         self.inner.samples.iter().map(|s| s.key.clone()).collect()
+    }
+    /// Pickling (a record made in a worker process, sent to the parent that writes the index):
+    /// rebuilt by `_core._shard_record` from its fields.
+    #[allow(clippy::type_complexity)]
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (u64, String, u64, u64, String, bool, Vec<(String, u64, Vec<(String, u64, u64)>)>))> {
+        let rebuild = py.import("fastwds._core")?.getattr("_shard_record")?;
+        let r = &self.inner;
+        let samples = r.samples.iter()
+            .map(|s| (s.key.clone(), s.offset, s.members.iter().map(|m| (m.ext.clone(), m.data_offset, m.size)).collect()))
+            .collect();
+        Ok((rebuild, (r.index, r.path.display().to_string(), r.data_end, r.size, r.sha256_hex(), r.oversized, samples)))
     }
     fn __repr__(&self) -> String {
         format!("ShardRecord(name={:?}, num_samples={}, size={}, sha256={:?})", self.inner.name(), self.inner.samples.len(), self.inner.size, self.inner.sha256_hex())
@@ -455,6 +466,29 @@ struct RawTarget(*mut u8, usize);
 // SAFETY: points into a bytes object owned by `read_files` for the whole call.
 unsafe impl Send for RawTarget {}
 
+/// A `ShardRecord` from the fields `ShardRecord.__reduce__` gives (unpickling).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn _shard_record(index: u64, path: String, data_end: u64, size: u64, sha256: &str, oversized: bool, samples: Vec<(String, u64, Vec<(String, u64, u64)>)>) -> PyResult<PyShardRecord> {
+    let bad = || PyValueError::new_err(format!("not a sha256: {sha256:?}"));
+    if sha256.len() != 64 {
+        return Err(bad());
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(sha256.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    let samples = samples
+        .into_iter()
+        .map(|(key, offset, members)| SampleRecord {
+            key,
+            offset,
+            members: members.into_iter().map(|(ext, data_offset, size)| MemberRecord { ext, data_offset, size }).collect(),
+        })
+        .collect();
+    Ok(PyShardRecord { inner: ShardRecord { index, path: path.into(), samples, data_end, size, sha256: digest, oversized } })
+}
+
 /// The key a sample with this id is written under.
 #[pyfunction]
 fn portable_key(sample_id: &str) -> String {
@@ -481,6 +515,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(portable_keys, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_images, m)?)?;
     m.add_function(wrap_pyfunction!(read_files, m)?)?;
+    m.add_function(wrap_pyfunction!(_shard_record, m)?)?;
     m.add("SampleError", py.get_type::<SampleError>())?;
     m.add("DuplicateKeyError", py.get_type::<DuplicateKeyError>())?;
     m.add("ShardPatternError", py.get_type::<ShardPatternError>())?;

@@ -14,7 +14,7 @@ pub enum Error {
 
     /// Another live writer holds the shard's `.partial` file (its lock): two writers share a
     /// pattern. Nothing of this writer was written into that shard.
-    #[error("{path}: another writer is writing this shard (its {partial} is locked by a live process); give each writer a pattern (or start_shard) of its own")]
+    #[error("another writer is writing {path} (a live process holds the lock of its .partial file); give each writer a pattern (or start_shard) of its own")]
     ShardBusy { path: PathBuf, partial: PathBuf },
 
     #[error("invalid shard pattern {pattern:?}: {reason}")]

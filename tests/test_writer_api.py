@@ -291,3 +291,30 @@ def test_overwrite_warns_about_an_earlier_runs_higher_numbered_shards(tmp_path):
     (tmp_path / "task-7-1.tar").write_bytes(b"an earlier run's second shard")
     with pytest.warns(RuntimeWarning, match=r"\(task-7-1.tar\)"):
         _write(single, ["b"], overwrite=True)
+
+
+def _write_part(folder: str, part: int) -> list:
+    with fastwds.ShardWriter(f"{folder}/part{part}-%03d.tar", maxcount=2, fsync=False) as writer:
+        for i in range(3):
+            writer.write({"__key__": f"p{part}-{i}", "txt": "x" * (100 * i), "json": {"i": i}})
+    return writer.records
+
+
+def test_shard_records_come_back_from_worker_processes(tmp_path):
+    """One writer per worker process, the wids index written by the parent from their records:
+    ShardRecord could not be pickled ('cannot pickle fastwds._core.ShardRecord')."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as pool:
+        records = [r for part in pool.map(_write_part, [str(tmp_path)] * 2, [0, 1]) for r in part]
+    assert [r.name for r in records] == ["part0-000.tar", "part0-001.tar", "part1-000.tar", "part1-001.tar"]
+    for record in records:
+        again = pickle.loads(pickle.dumps(record))
+        assert (again.index, again.path, again.num_samples, again.size, again.sha256, again.data_end,
+                again.oversized, again.samples(), again.keys()) == \
+               (record.index, record.path, record.num_samples, record.size, record.sha256, record.data_end,
+                record.oversized, record.samples(), record.keys())
+    index = fastwds.write_wids_index(records, tmp_path / "index.wids.json", "parts")
+    assert [s["nsamples"] for s in index["shardlist"]] == [2, 1, 2, 1]
+    with pytest.raises(ValueError, match="sha256"):
+        _core._shard_record(0, "x.tar", 0, 1024, "nothex", False, [])
