@@ -104,7 +104,7 @@ def test_dataloader_with_two_workers_delivers_every_sample_once(shards):
     assert sorted(k for b in batches for k in b["__key__"]) == [f"s{i:04d}" for i in range(COUNT)]
     first = batches[0]
     assert isinstance(first["npy"], torch.Tensor) and first["npy"].shape == (4, 2, 3)
-    assert isinstance(first["json"], dict) and len(first["txt"]) == 4
+    assert [document["i"] for document in first["json"]] == list(range(4)) and len(first["txt"]) == 4
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -381,6 +381,16 @@ def test_batches_keep_members_the_first_sample_lacks(tmp_path):
     assert batch["__key__"] == ["a", "b", "c"] and batch["npy"].shape == (3, 2)
     assert batch["txt"] == [None, "caption b", None]
     assert batch["json"] == [None, {"j": 1}, None] and batch["cls"] == [None, None, 3]
+
+
+def test_json_documents_stay_one_per_sample_in_a_batch(tmp_path):
+    """torch's default_collate transposed agreeing JSON dicts into a dict of lists, and raised
+    KeyError when a later sample's JSON lacked a key of the first (--on-invalid keep's 'invalid')."""
+    with fastwds.ShardWriter(str(tmp_path / "x-%06d.tar")) as writer:
+        writer.write({"__key__": "a", "json": {"id": "a", "invalid": {"reason": "r"}}})
+        writer.write({"__key__": "b", "json": {"id": "b"}})
+    [batch] = fastwds.make_loader(str(tmp_path / "x-000000.tar"), batch_size=2)
+    assert batch["json"] == [{"id": "a", "invalid": {"reason": "r"}}, {"id": "b"}]
 
 
 BROKEN_MEMBERS = [("jpg", b"notajpeg", "UnidentifiedImageError"), ("json", b"{bad json", "JSONDecodeError"),

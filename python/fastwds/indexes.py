@@ -35,6 +35,9 @@ def wids_index(shards: Iterable[ShardRecord | tuple[str, int, int]], index_path:
 
 def write_wids_index(shards: Iterable[ShardRecord | tuple[str, int, int]], index_path: str | os.PathLike,
                      name: str) -> dict:
+    """Write the wids index (``index.wids.json``) of ``shards``, given as the writer's
+    ``ShardRecord``s or as ``(path, nsamples, filesize)`` tuples: shard urls relative to the index's
+    folder, written atomically (never a half-written index). Returns the index."""
     index = wids_index(shards, index_path, name)
     write_text_atomically(index_path, json.dumps(index, indent=2) + "\n")
     return index

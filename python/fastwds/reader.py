@@ -382,6 +382,11 @@ def collate(samples: list[dict]) -> dict[str, Any]:
     batch = {}
     for name in dict.fromkeys(name for sample in samples for name in sample):
         values = [sample.get(name) for sample in samples]
+        if any(isinstance(value, (dict, list)) for value in values):
+            # JSON documents stay one per sample: torch would transpose dicts into a dict of lists
+            # when they agree, and fail (KeyError) when one lacks a key the first one has.
+            batch[name] = values
+            continue
         try:
             batch[name] = default_collate(values)
         except (TypeError, RuntimeError):
