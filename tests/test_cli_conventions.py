@@ -366,6 +366,8 @@ def test_an_input_without_rows_is_no_success(tmp_path, source):
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("fastwds: error: ") and "the input has no rows (1 file(s), 0 rows)" in line, line
+    empty_file = "empty.parquet" if source == "parquet" else "empty.jsonl"
+    assert line.startswith(f"fastwds: error: {tmp_path}/") and f"/{empty_file}: the input" in line, line  # the file
     assert not (tmp_path / "out").exists()
 
 

@@ -38,7 +38,8 @@ def convert(plan: Plan, output_dir: str | os.PathLike, options: ConvertOptions, 
     the output's run lock throughout (see commit.py): a second run on the same output is refused."""
     started = time.perf_counter()
     if not any(task.num_rows for task in plan.tasks):  # before anything is written: 0 samples is no success
-        raise InvalidInputError(f"{plan.input_root}: the input has no rows ({len(plan.files):,} file(s), 0 rows); "
+        where = storage.join(plan.input_root, plan.files[0].path) if len(plan.files) == 1 else plan.input_root
+        raise InvalidInputError(f"{where}: the input has no rows ({len(plan.files):,} file(s), 0 rows); "
                                 "nothing to convert")
     created = not storage.is_url(output_dir) and not os.path.exists(output_dir)
     output = open_output(output_dir)
