@@ -235,13 +235,14 @@ def test_sample_keys_are_str_utf8_bytes_or_int(tmp_path):
         assert writer.write({"__key__": b"img_001", "txt": "1"}) == "img_001"
         assert writer.write({"__key__": 7, "txt": "2"}) == "7"
         assert writer.write_batch([b"img_002", np.int64(8)], {"txt": ["3", "4"]}) == 2
+        assert writer.write_batch(np.array(["np_str"]), {"txt": ["5"]}) == 1
         for bad in (None, 1.5, True, b"\xff\xfe"):
             with pytest.raises(fastwds.SampleError, match="key") as info:
                 writer.write({"__key__": bad, "txt": "x"})
             assert info.value.sample_id is None
             with pytest.raises(fastwds.SampleError, match="key"):
                 writer.write_batch(["fine", bad], {"txt": ["x", "y"]})
-    assert keys_on_disk(tmp_path) == ["7", "8", "img_001", "img_002"]
+    assert keys_on_disk(tmp_path) == ["7", "8", "img_001", "img_002", "np_str"]
 
 
 def test_a_str_column_is_refused_not_spread_over_the_samples(tmp_path):

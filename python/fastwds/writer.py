@@ -77,7 +77,7 @@ def _sample_id(value: Any) -> str:
     HF ids often are) or an integer. Anything else is refused rather than written as its repr
     (``None`` became the key "None", ``b"img"`` the key "b_img_...")."""
     if isinstance(value, str):
-        return value
+        return value if type(value) is str else str(value)  # numpy.str_ and other subclasses
     if isinstance(value, (bytes, bytearray, memoryview)):
         try:
             return bytes(value).decode("utf-8")
