@@ -217,8 +217,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         defaults = source.convert_options()
         sub.set_defaults(run=run_source, source_object=source, max_samples_per_shard=defaults.max_samples_per_shard,
                          max_shard_size=defaults.max_shard_bytes, parser=sub)
-        for action in sub._actions:  # the shared help states this source's defaults
-            if action.dest == "num_workers" and not source.has_images:  # no image options to name
+        for action in sub._actions:  # the shared help states this source's defaults (no image options for npz)
+            if action.dest == "num_workers" and action.help is not argparse.SUPPRESS and not source.has_images:
                 action.help = f"worker processes with --engine local (default: one per two cores, here " \
                               f"{default_workers()})"
             if action.help is argparse.SUPPRESS or "--max-samples-per-shard" not in action.option_strings \
