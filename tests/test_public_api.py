@@ -27,6 +27,15 @@ def test_reader_errors_are_public_and_the_same_classes(name):
     assert issubclass(cls, fastwds.FastwdsError) and issubclass(cls, ValueError)
 
 
+def test_every_exception_fastwds_raises_is_in_fastwds_errors():
+    """The README promises every error class in fastwds.errors (and at the top level)."""
+    import fastwds._core
+
+    raised = [name for name in dir(fastwds._core) if name.endswith("Error")]
+    assert raised and all(name in fastwds.errors.__all__ and getattr(fastwds, name) is getattr(fastwds._core, name)
+                          for name in raised), raised
+
+
 def test_what_the_reader_raises_is_caught_by_the_public_names(tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"not a tar" * 100)
     with pytest.raises(fastwds.ShardFormatError, match="junk.tar"):

@@ -17,6 +17,7 @@ _PUBLIC = {
     "NothingWrittenError": "fastwds.errors",
     "ResumeMismatchError": "fastwds.errors",
     "SampleError": "fastwds.errors",
+    "ShardBusyError": "fastwds.errors",
     "ShardFormatError": "fastwds.errors",
     "ShardPatternError": "fastwds.errors",
     "UnsafeMemberError": "fastwds.errors",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # the real names for type checkers; at run time they load on 
     from fastwds.errors import InvalidInputError as InvalidInputError
     from fastwds.errors import NothingWrittenError as NothingWrittenError
     from fastwds.errors import ResumeMismatchError as ResumeMismatchError, SampleError as SampleError
+    from fastwds.errors import ShardBusyError as ShardBusyError
     from fastwds.errors import ShardFormatError as ShardFormatError, ShardPatternError as ShardPatternError
     from fastwds.errors import UnsafeMemberError as UnsafeMemberError, WriterClosedError as WriterClosedError
     from fastwds.indexes import write_wids_index as write_wids_index

@@ -6,7 +6,7 @@ Reading (``fastwds.WebDataset``): ``ShardFormatError`` for a shard that is not a
 
 from __future__ import annotations
 
-from fastwds._core import DuplicateKeyError, SampleError, ShardPatternError, WriterClosedError
+from fastwds._core import DuplicateKeyError, SampleError, ShardBusyError, ShardPatternError, WriterClosedError
 
 
 class FastwdsError(Exception):
@@ -77,6 +77,7 @@ __all__ = [
     "NothingWrittenError",
     "ResumeMismatchError",
     "SampleError",
+    "ShardBusyError",
     "ShardFormatError",
     "ShardPatternError",
     "UnsafeMemberError",
