@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 import fastwds
 import pytest
-from conftest import read_members
+from conftest import read_members, run_cli
 
 
 def write(tmp_path, sizes, **options):
@@ -72,3 +73,18 @@ def test_single_shard_pattern_spills_with_suffixes(tmp_path):
         for i in range(5):
             writer.write({"__key__": f"k{i}", "bin": b"x" * 1024})
     assert [r.name for r in writer.records] == ["task-000004.tar", "task-000004-1.tar", "task-000004-2.tar"]
+
+
+def test_convert_names_an_oversized_sample_by_its_published_shard(tmp_path):
+    """The conversion logs one line naming the shard as published: the library's UserWarning
+    showed a source line and the staging path, which no longer exists."""
+    from fastwds.synthetic import generate
+
+    root = tmp_path / "in"
+    generate(root, rows=6, subsets=1, files_per_subset=1, row_group_rows=6, seed=3)
+    result = run_cli("convert", "parquet", str(root), str(tmp_path / "out"), "--max-shard-size", "2kB",
+                     "--no-progress")
+    lines = [line for line in result.stderr.splitlines() if "larger than --max-shard-size" in line]
+    assert lines and all(re.search(r" WARNING fastwds: subset_0-\d{6}(-\d+)?\.tar: a sample alone", line)
+                         for line in lines), result.stderr
+    assert "UserWarning" not in result.stderr and ".partial" not in result.stderr and "attempts" not in result.stderr

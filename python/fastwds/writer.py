@@ -157,7 +157,10 @@ class ShardWriter:
 
     One writer may be shared by threads: its calls are serialised (one at a time, in the order
     they take its lock). Two writers must not share a pattern: the second one to reach a shard
-    another live writer is writing raises ``fastwds._core.ShardBusyError`` (a ``BlockingIOError``).
+    another live writer is writing raises ``fastwds.ShardBusyError`` (a ``BlockingIOError``).
+
+    A sample larger than ``maxsize`` alone gets a shard of its own and a ``UserWarning`` at
+    ``close()``; ``warn_oversized=False`` leaves reporting it to the caller (``record.oversized``).
     """
 
     def __init__(
@@ -173,10 +176,12 @@ class ShardWriter:
         energon_index: bool = False,
         dali_index: bool = False,
         verbose: int = 0,
+        warn_oversized: bool = True,
     ) -> None:
         pattern = os.fsdecode(os.fspath(pattern))
         self.pattern = pattern
         self.verbose = verbose
+        self._warn_oversized = warn_oversized  # off for fastwds convert, which reports them itself
         self._overwrite = bool(overwrite)
         self._sink = _core.ShardSink(
             pattern,
@@ -251,7 +256,7 @@ class ShardWriter:
 
     def _warn_about(self, records: list[_core.ShardRecord]) -> None:
         for record in records:
-            if record.oversized:
+            if record.oversized and self._warn_oversized:
                 warnings.warn(f"{record.path}: one sample alone is larger than maxsize; "
                               "it was written to its own shard", stacklevel=3)
             if self.verbose:

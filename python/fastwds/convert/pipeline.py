@@ -9,6 +9,7 @@ and memory stays at a few batches per task whatever the input size.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -24,6 +25,8 @@ from fastwds.errors import InvalidSamplesError
 from fastwds.media import ImageData, payload_size
 from fastwds.reasons import check_reason, printable
 from fastwds.writer import ShardWriter
+
+log = logging.getLogger("fastwds")
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows written, bytes written)
 
@@ -171,7 +174,7 @@ def run_task(task: Task, batches: Iterator[Any] | AsyncIterator[Any], converter:
     started = time.perf_counter()
     writer = ShardWriter(str(output_dir / f"{task.name}.tar"), maxcount=2**62,
                          maxsize=options.max_shard_bytes, fsync=options.fsync,
-                         dali_index=options.dali_index, energon_index=options.energon_index)
+                         dali_index=options.dali_index, energon_index=options.energon_index, warn_oversized=False)
     try:
         asyncio.run(_run_pipeline(batches, converter, writer, progress, options.queue_batches))
     except BaseExceptionGroup as group:
@@ -181,6 +184,10 @@ def run_task(task: Task, batches: Iterator[Any] | AsyncIterator[Any], converter:
         _abort_after(writer, error)
         raise
     records = writer.close()
+    for record in records:
+        if record.oversized:  # named as published, not by the staging path it was written to
+            log.warning("%s: a sample alone is larger than --max-shard-size (%s bytes): it has this shard to itself",
+                        record.name, f"{options.max_shard_bytes:,}")
     result = converter.result
     result.shards = [{"name": r.name, "samples": r.num_samples, "bytes": r.size, "sha256": r.sha256}
                      for r in records]
