@@ -236,9 +236,6 @@ impl ShardSink {
     /// Returns the key the sample was written under.
     pub fn write_sample(&mut self, id: &str, members: &[Member]) -> Result<String> {
         self.check_open()?;
-        if self.finishing.as_ref().is_some_and(|f| f.is_finished()) {
-            self.collect_finishing()?;
-        }
         // Everything about the sample is checked before any byte of it is written.
         let prepared = self.prepare(id, members)?;
         self.write_prepared(id, prepared)
@@ -250,14 +247,17 @@ impl ShardSink {
     pub fn write_samples(&mut self, samples: &[(&str, Vec<Member>)]) -> Result<usize> {
         self.check_open()?;
         let mut batch: HashMap<String, &str> = HashMap::with_capacity(samples.len());
+        let mut prepared = Vec::with_capacity(samples.len());
         for (id, members) in samples {
-            let key = self.prepare(id, members)?.key;
-            if let Some(previous) = batch.insert(key.clone(), id) {
-                return Err(Error::DuplicateKey { id: id.to_string(), key, previous: previous.to_string() });
+            let sample = self.prepare(id, members)?;
+            if let Some(previous) = batch.insert(sample.key.clone(), id) {
+                return Err(Error::DuplicateKey { id: id.to_string(), key: sample.key, previous: previous.to_string() });
             }
+            prepared.push((*id, sample));
         }
-        for (id, members) in samples {
-            self.write_sample(id, members)?;
+        // Laid out once: the checks above built every header, which are the ones written.
+        for (id, sample) in prepared {
+            self.write_prepared(id, sample)?;
         }
         Ok(samples.len())
     }
@@ -295,6 +295,9 @@ impl ShardSink {
     }
 
     fn write_prepared(&mut self, id: &str, prepared: Prepared) -> Result<String> {
+        if self.finishing.as_ref().is_some_and(|f| f.is_finished()) {
+            self.collect_finishing()?; // a shard finished in the background: its error surfaces here
+        }
         let Prepared { key, parts, headers, span } = prepared;
         let end_blocks = END_OF_ARCHIVE.len() as u64;
         if let Some(open) = &self.open {
