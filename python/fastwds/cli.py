@@ -49,46 +49,46 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     # Not required=True: argparse would then report a missing COMMAND before an unknown option
     # (``fastwds --bogus``); ``missing_choice`` checks it after parsing instead.
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help in COMMANDS.items():
+    for name, summary in COMMANDS.items():
         if only is not None and name != only:
-            commands.add_parser(name, help=help)
+            commands.add_parser(name, help=summary)
         else:
-            ADD_COMMAND[name](commands, help)
+            ADD_COMMAND[name](commands, summary)
     return parser
 
 
-def _add_convert(commands: Any, help: str) -> None:
+def _add_convert(commands: Any, summary: str) -> None:
     from fastwds.arguments import parents
     from fastwds.convert import cli as convert_cli
 
-    convert = commands.add_parser("convert", help=help, parents=parents(),
+    convert = commands.add_parser("convert", help=summary, parents=parents(),
                                   description="Convert a dataset into validated WebDataset shards.")
     convert_cli.add_arguments(convert)
 
 
-def _add_bench(commands: Any, help: str) -> None:
+def _add_bench(commands: Any, summary: str) -> None:
     from fastwds.arguments import parents
     from fastwds.bench import cli as bench_cli
 
-    bench = commands.add_parser("bench", help=help, parents=parents())
+    bench = commands.add_parser("bench", help=summary, parents=parents())
     bench_cli.add_arguments(bench)
     bench.set_defaults(run=bench_cli.run, parser=bench)
 
 
-def _add_inspect(commands: Any, help: str) -> None:
+def _add_inspect(commands: Any, summary: str) -> None:
     from fastwds import inspect as inspect_cli
     from fastwds.arguments import parents
 
-    inspect = commands.add_parser("inspect", help=help, description=inspect_cli.DESCRIPTION, parents=parents())
+    inspect = commands.add_parser("inspect", help=summary, description=inspect_cli.DESCRIPTION, parents=parents())
     inspect_cli.add_arguments(inspect)
     inspect.set_defaults(parser=inspect)
 
 
-def _add_verify(commands: Any, help: str) -> None:
+def _add_verify(commands: Any, summary: str) -> None:
     from fastwds.arguments import parents
     from fastwds.verify import cli as verify_cli
 
-    verify = commands.add_parser("verify", help=help, description=verify_cli.DESCRIPTION, parents=parents())
+    verify = commands.add_parser("verify", help=summary, description=verify_cli.DESCRIPTION, parents=parents())
     verify_cli.add_arguments(verify)
     verify.set_defaults(parser=verify)
 
