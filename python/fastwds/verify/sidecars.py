@@ -23,7 +23,6 @@ from fastwds.energon import META_DIR
 from fastwds.indexes import WIDS_KIND
 
 
-
 @dataclass
 class ScannedSample:
     key: str

@@ -82,7 +82,8 @@ def discover_subsets(root: str) -> tuple[str, dict[str, list[FileEntry]]]:
     return root, {name: files for name, (_, files) in sorted(found.items())}
 
 
-def check_schema(path: Path, schema: pq.ParquetSchema, columns: ParquetColumns) -> None:
+def check_schema(path: Path, schema: pq.ParquetSchema, columns: ParquetColumns) -> list[str]:
+    """The file's column names, once its columns are checked."""
     arrow = schema.to_arrow_schema()
     names = arrow.names
     for required in (columns.id, columns.conversations):
@@ -106,6 +107,7 @@ def check_schema(path: Path, schema: pq.ParquetSchema, columns: ParquetColumns) 
                 f"stored in the parquet ({'a list of ' if is_list else ''}binary, or {{bytes, path}} structs as HF "
                 "datasets writes them). For images stored as files, list them in SFT JSON and use "
                 "`fastwds convert sft`, or rename the column with --image-column/--images-column")
+    return names
 
 
 def holds_images(column: pa.DataType, is_list: bool) -> bool:
@@ -141,7 +143,7 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
             relative, path = entry.relative, storage.join(root, entry.relative)
             with open_parquet(path) as parquet:
                 metadata = parquet.metadata
-                check_schema(path, metadata.schema, columns)
+                seen_columns.update(check_schema(path, metadata.schema, columns))
                 first, taken = 0, []
                 for i in range(metadata.num_row_groups):
                     group = metadata.row_group(i)
@@ -156,7 +158,6 @@ def plan_parquet(root: str | os.PathLike, columns: ParquetColumns, max_rows: int
                 if taken:
                     id_hashes.add(read_id_column(path, parquet, taken, columns.id), path)
                     id_reads.append((path, taken))
-                seen_columns.update(metadata.schema.to_arrow_schema().names)
             files.append(SourceFile(relative, entry.size, entry.mtime_ns, metadata.num_rows, entry.etag))
         tasks.extend(cut_tasks(subset, groups, max_rows, max_bytes))
     for flag, name in columns.given().items():  # a typo would silently read nothing

@@ -68,9 +68,9 @@ def to_batch(file: str, first_row: int, rows: pa.RecordBatch, columns: ParquetCo
     ids = [None if v is None else str(v) for v in rows.column(columns.id).to_pylist()]
     single: list = [None] * n
     if columns.single_image in names:
-        values = binary_column(encoded_images(rows.column(columns.single_image)))
-        nulls = rows.column(columns.single_image).is_null().to_pylist()
-        single = [None if null else (values, i) for i, null in enumerate(nulls)]
+        column = rows.column(columns.single_image)
+        values = binary_column(encoded_images(column))
+        single = [None if null else (values, i) for i, null in enumerate(column.is_null().to_pylist())]
     several: list = [None] * n
     if columns.images in names:
         lists = rows.column(columns.images)
