@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 
 use crate::arrow::BinaryLayout;
+use crate::chat;
 use crate::error::Error;
 use crate::key;
 use crate::files;
@@ -350,6 +351,59 @@ fn inspect_images(py: Python<'_>, images: Vec<Option<Payload>>) -> PyResult<Vec<
     }))
 }
 
+/// The sample JSON of a batch's conversation rows (`fastwds.sources.chat`), from Arrow string
+/// columns read in place: for each row its document, or None when the Python rules must judge the
+/// row (see `chat::simple_document`). `turn_starts` (one more than the rows) delimit each row's
+/// turns in the flattened `role`/`from_` (the `from` field)/`content`/`value` columns (absent ones None);
+/// `image_starts` each row's checks in `images`: `(format, width, height)`, None for a failed check.
+#[pyfunction]
+#[pyo3(signature = (ids, turn_starts, role, from_, content, value, data_source, image_starts, images, file, first_row))]
+#[allow(clippy::too_many_arguments)]
+fn chat_documents<'py>(py: Python<'py>, ids: Py<BinaryColumn>, turn_starts: Vec<usize>, role: Option<Py<BinaryColumn>>,
+                       from_: Option<Py<BinaryColumn>>, content: Option<Py<BinaryColumn>>, value: Option<Py<BinaryColumn>>,
+                       data_source: Option<Py<BinaryColumn>>, image_starts: Vec<usize>, images: Vec<Option<(String, u32, u32)>>,
+                       file: &str, first_row: u64) -> PyResult<Vec<Option<Bound<'py, pyo3::types::PyBytes>>>> {
+    let rows = ids.get().layout.len();
+    let turn_fields = [&role, &from_, &content, &value];
+    let turns = turn_fields.iter().flat_map(|f| f.as_ref().map(|c| c.get().layout.len())).next().unwrap_or(0);
+    let delimits = |starts: &[usize], total: usize| {
+        starts.len() == rows + 1 && starts[0] == 0 && starts.windows(2).all(|w| w[0] <= w[1]) && starts[rows] <= total
+    };
+    if !delimits(&turn_starts, turns) || turn_fields.iter().flat_map(|f| f.as_ref()).any(|c| c.get().layout.len() != turns)
+        || !delimits(&image_starts, images.len()) || data_source.as_ref().is_some_and(|c| c.get().layout.len() != rows) {
+        return Err(PyValueError::new_err("chat_documents: the columns and row boundaries do not line up"));
+    }
+    fn field(column: &Option<Py<BinaryColumn>>, i: usize) -> Option<&[u8]> {
+        column.as_ref().and_then(|c| c.get().value(i))
+    }
+    let (documents, spans) = py.detach(|| {
+        let mut documents = Vec::new();
+        let mut spans = Vec::with_capacity(rows);
+        let mut document = Vec::new();
+        for r in 0..rows {
+            let row = chat::ChatRow {
+                id: ids.get().value(r),
+                turns: (turn_starts[r]..turn_starts[r + 1])
+                    .map(|t| (field(&role, t).or_else(|| field(&from_, t)), field(&content, t).or_else(|| field(&value, t))))
+                    .collect(),
+                data_source: field(&data_source, r),
+                images: images[image_starts[r]..image_starts[r + 1]]
+                    .iter()
+                    .map(|check| check.as_ref().map(|(format, width, height)| chat::ImageMeta { format, width: *width, height: *height }))
+                    .collect(),
+                file,
+                row: first_row + r as u64,
+            };
+            spans.push(chat::simple_document(&row, &mut document).map(|()| {
+                documents.extend_from_slice(&document);
+                (documents.len() - document.len(), documents.len())
+            }));
+        }
+        (documents, spans)
+    });
+    Ok(spans.into_iter().map(|span| span.map(|(start, end)| pyo3::types::PyBytes::new(py, &documents[start..end]))).collect())
+}
+
 /// One deflated zip member, inflated piece by piece (`fastwds.volume.DeflatedMember` drives it).
 #[pyclass(module = "fastwds._core", name = "Inflater")]
 pub struct PyInflater {
@@ -514,6 +568,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(portable_key, m)?)?;
     m.add_function(wrap_pyfunction!(portable_keys, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_images, m)?)?;
+    m.add_function(wrap_pyfunction!(chat_documents, m)?)?;
     m.add_function(wrap_pyfunction!(read_files, m)?)?;
     m.add_function(wrap_pyfunction!(_shard_record, m)?)?;
     m.add("SampleError", py.get_type::<SampleError>())?;

@@ -1,6 +1,7 @@
 //! fastwds core: ustar encoding, portable keys, shard rotation and sidecar indexes in plain Rust;
 //! `bindings` is the thin PyO3 layer exposed to Python as `fastwds._core`.
 pub mod arrow;
+pub mod chat;
 pub mod error;
 pub mod files;
 mod hashed_file;

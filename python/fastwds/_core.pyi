@@ -16,6 +16,7 @@ __all__ = [
     "portable_key",
     "portable_keys",
     "inspect_images",
+    "chat_documents",
     "read_files",
     "_shard_record",
     "SampleError",
@@ -42,6 +43,11 @@ _Payload = bytes | tuple[BinaryColumn, int]
 def portable_key(sample_id: str) -> str: ...
 def portable_keys(sample_ids: list[str]) -> list[str]: ...
 def inspect_images(images: Sequence[_Payload | None]) -> list[tuple[str, str, int, int]]: ...
+def chat_documents(
+    ids: BinaryColumn, turn_starts: Sequence[int], role: BinaryColumn | None, from_: BinaryColumn | None,
+    content: BinaryColumn | None, value: BinaryColumn | None, data_source: BinaryColumn | None,
+    image_starts: Sequence[int], images: Sequence[tuple[str, int, int] | None], file: str, first_row: int,
+) -> list[bytes | None]: ...
 def _shard_record(
     index: int, path: str, data_end: int, size: int, sha256: str, oversized: bool,
     samples: Sequence[tuple[str, int, Sequence[tuple[str, int, int]]]],

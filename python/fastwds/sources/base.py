@@ -36,6 +36,9 @@ class RowBatch:
     # memory, None, or a Problem when the source could not read the image at all.
     images: list[list[Any]]
     extras: list[dict[str, Any]]  # other fields copied into the sample JSON as they are
+    # The same rows as Arrow columns (``sources.chat.ChatColumns``), when the source has them in
+    # the plain types Rust reads: the rows that need no judgment get their JSON from there.
+    arrow: Any = None
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -9,11 +9,13 @@ fields, and per image its member name, format, width and height.
 
 from __future__ import annotations
 
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastwds import _core
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.pipeline import PreparedBatch, RejectLog
 from fastwds.convert.plan import Task
@@ -123,6 +125,22 @@ def check_sample(turns: Any, image_checks: list[Any], *, kind: str = "image",
 
 
 @dataclass
+class ChatColumns:
+    """A batch's rows as Arrow string columns, read in place by ``_core.chat_documents``: in one
+    call with the GIL released it writes the JSON of every row whose checks need no judgment
+    (known roles spelled exactly, visible text in every turn, one ``<image>`` per image, every
+    image checked fine) and leaves the rest to ``check_sample``, so both give the same bytes and
+    only Python ever rejects. Per-row Python (normalising turns, building and dumping the
+    document) was most of a parquet conversion's GIL time. The document's extra field is
+    ``data_source``: the parquet source's."""
+
+    ids: Any  # BinaryColumn of the ids
+    turn_starts: list[int]  # one more than the rows: each row's turns in the flattened turn fields
+    turn_fields: dict[str, Any]  # "role", "from", "content", "value" (those the turns have): BinaryColumn
+    data_source: Any = None  # BinaryColumn, or None: the column is absent (null in the JSON)
+
+
+@dataclass
 class LoadedRows:
     """A batch after its image work (``ChatConverter.load``), per image of the batch in order:
     its check, and with --reencode its new ``(bytes, ImageInfo)`` (None: not re-encoded)."""
@@ -187,9 +205,23 @@ class ChatConverter(RejectLog):
         except Exception as error:  # Pillow raises many types for corrupt data: all mean "cannot decode"
             return Problem("image_decode_failed", f"Pillow cannot decode the image to re-encode it: {error}")
 
+    def simple_documents(self, batch: RowBatch, loaded: LoadedRows) -> list[bytes | None]:
+        """Each row's sample JSON from Rust where the row needs no judgment (see ``ChatColumns``),
+        else None: the row goes through ``check_row`` and ``members``."""
+        if batch.arrow is None or loaded.reencoded is not None:  # re-encoding changes the image infos
+            return [None] * len(batch)
+        columns: ChatColumns = batch.arrow
+        image_starts = [0, *itertools.accumulate(len(images) for images in batch.images)]
+        images = [(c.format, c.width, c.height) if type(c) is ImageInfo else None for c in loaded.checks]
+        fields = columns.turn_fields
+        return _core.chat_documents(columns.ids, columns.turn_starts, fields.get("role"), fields.get("from"),
+                                    fields.get("content"), fields.get("value"), columns.data_source, image_starts,
+                                    images, batch.file, batch.first_row)
+
     def prepare(self, batch: RowBatch) -> PreparedBatch:
         loaded = self.load(batch)
         checks = loaded.checks
+        documents = self.simple_documents(batch, loaded)
         prepared = PreparedBatch(rows=len(batch))
         position = 0
         for index, sample_id in enumerate(batch.ids):
@@ -203,6 +235,10 @@ class ChatConverter(RejectLog):
                 continue
             if offset in self.rejected:
                 self.reject_row(batch, index, *self.rejected[offset])
+                continue
+            if (document := documents[index]) is not None:  # valid, its JSON written by Rust
+                names = image_member_names([check.extension for check in image_checks])
+                prepared.add(sample_id, {**dict(zip(names, images)), "json": document})
                 continue
             checked = self.check_row(batch, index, image_checks)
             keep_invalid = checked.problem is not None and self.options.on_invalid == "keep"

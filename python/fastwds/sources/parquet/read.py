@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fastwds import storage
-from fastwds.arrow import binary_column, encoded_images
+from fastwds.arrow import binary_column, encoded_images, is_text, string_column
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
 from fastwds.errors import InvalidInputError
 from fastwds.sources.base import RowBatch
+from fastwds.sources.chat import ChatColumns
 from fastwds.reasons import Problem
 from fastwds.sources.parquet.plan import ParquetColumns
 
@@ -86,4 +89,30 @@ def to_batch(file: str, first_row: int, rows: pa.RecordBatch, columns: ParquetCo
               for one, many in zip(single, several)]
     sources = rows.column(columns.data_source).to_pylist() if columns.data_source in names else [None] * n
     return RowBatch(file, first_row, ids, rows.column(columns.conversations).to_pylist(), images,
-                    [{"data_source": s} for s in sources])
+                    [{"data_source": s} for s in sources], chat_columns(rows, columns))
+
+
+TURN_FIELDS = ("role", "from", "content", "value")
+
+
+def chat_columns(rows: pa.RecordBatch, columns: ParquetColumns) -> ChatColumns | None:
+    """The batch's columns for Rust's JSON of the rows needing no judgment, or None when they are
+    not in the plain types it reads (string ids and data_source, a list of turns whose role/from/
+    content/value fields are strings): then every row goes through the Python rules."""
+    names = rows.schema.names
+    ids, conversations = rows.column(columns.id), rows.column(columns.conversations)
+    source = rows.column(columns.data_source) if columns.data_source in names else None
+    if not is_text(ids.type) or (source is not None and not is_text(source.type)):
+        return None
+    if not (pa.types.is_list(conversations.type) or pa.types.is_large_list(conversations.type)) \
+            or not pa.types.is_struct(conversations.type.value_type):
+        return None
+    turns = conversations.flatten()  # the turns of the non-null rows, slicing applied
+    spelled = [turns.type.field(i).name for i in range(turns.type.num_fields)]
+    present = [name for name in TURN_FIELDS if name in spelled]
+    if turns.null_count or any(spelled.count(name) > 1 or not is_text(turns.type.field(name).type) for name in present):
+        return None
+    lengths = (length or 0 for length in pc.list_value_length(conversations).to_pylist())  # a null row: none
+    return ChatColumns(string_column(ids), [0, *itertools.accumulate(lengths)],
+                       {name: string_column(pc.struct_field(turns, name)) for name in present},
+                       None if source is None else string_column(source))
