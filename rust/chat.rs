@@ -21,12 +21,15 @@ pub struct ImageMeta<'a> {
     pub height: u32,
 }
 
+/// A turn's (role, content) as raw UTF-8 bytes, None for a null value.
+pub type Turn<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// A conversation row as the Arrow arrays hold it: raw UTF-8 bytes, None for a null value.
 /// A turn is (role, content) after the spelling's precedence: `role` when not null, else `from`;
 /// `content` when not null, else `value`.
 pub struct ChatRow<'a> {
     pub id: Option<&'a [u8]>,
-    pub turns: Vec<(Option<&'a [u8]>, Option<&'a [u8]>)>,
+    pub turns: Vec<Turn<'a>>,
     pub data_source: Option<&'a [u8]>,
     /// Each image's check: None when it failed (the Python rules report why).
     pub images: Vec<Option<ImageMeta<'a>>>,
@@ -165,7 +168,7 @@ mod tests {
         Some(ImageMeta { format: "jpeg", width: 64, height: 48 })
     }
 
-    fn row<'a>(turns: Vec<(Option<&'a [u8]>, Option<&'a [u8]>)>, images: Vec<Option<ImageMeta<'a>>>) -> ChatRow<'a> {
+    fn row<'a>(turns: Vec<Turn<'a>>, images: Vec<Option<ImageMeta<'a>>>) -> ChatRow<'a> {
         ChatRow { id: Some(b"00000007"), turns, data_source: Some(b"src"), images, file: "a/b.parquet", row: 7 }
     }
 
