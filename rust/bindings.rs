@@ -404,6 +404,78 @@ fn chat_documents<'py>(py: Python<'py>, ids: Py<BinaryColumn>, turn_starts: Vec<
     Ok(spans.into_iter().map(|span| span.map(|(start, end)| pyo3::types::PyBytes::new(py, &documents[start..end]))).collect())
 }
 
+/// SFT rows' Energon sample JSON (`chat::sft_document`), from the rows' Python values: for each
+/// row its document, or None when the Python rules must judge it (an id, turn or field that is
+/// not exactly a `str`, `list` or `dict`, text that is not Unicode, any rule needing judgment).
+/// `image_starts` and `images` as for `chat_documents`. Python objects are read, so the GIL is
+/// held; walking them here still costs a fraction of normalising and dumping them in Python.
+#[pyfunction]
+fn sft_documents<'py>(py: Python<'py>, ids: Vec<Bound<'py, PyAny>>, conversations: Vec<Bound<'py, PyAny>>,
+                      image_starts: Vec<usize>, images: Vec<Option<(String, u32, u32)>>, file: &str,
+                      first_row: u64) -> PyResult<Vec<Option<Bound<'py, pyo3::types::PyBytes>>>> {
+    let rows = ids.len();
+    if conversations.len() != rows || image_starts.len() != rows + 1 || image_starts[0] != 0
+        || image_starts.windows(2).any(|w| w[0] > w[1]) || image_starts[rows] > images.len() {
+        return Err(PyValueError::new_err("sft_documents: the rows and their image boundaries do not line up"));
+    }
+    let mut document = Vec::new();
+    let mut documents = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let metas: Vec<Option<chat::ImageMeta>> = images[image_starts[r]..image_starts[r + 1]]
+            .iter()
+            .map(|check| check.as_ref().map(|(format, width, height)| chat::ImageMeta { format, width: *width, height: *height }))
+            .collect();
+        let built = match (exact_str(&ids[r]), python_turns(&conversations[r])) {
+            (Some(Some(id)), Some(turns)) => {
+                let turns: Vec<(Option<&str>, Option<&str>)> = turns.iter().map(|(role, content)| (role.as_deref(), content.as_deref())).collect();
+                chat::sft_document(&id, &turns, &metas, file, first_row + r as u64, &mut document)
+            }
+            _ => None,
+        };
+        documents.push(built.map(|()| pyo3::types::PyBytes::new(py, &document)));
+    }
+    Ok(documents)
+}
+
+/// A value that is None (Some(None)) or exactly a `str` holding Unicode text (Some(Some)); None
+/// for anything else (another type, a lone surrogate).
+fn exact_str(value: &Bound<'_, PyAny>) -> Option<Option<PyBackedStr>> {
+    if value.is_none() {
+        return Some(None);
+    }
+    if !value.is_exact_instance_of::<pyo3::types::PyString>() {
+        return None;
+    }
+    value.extract::<PyBackedStr>().ok().map(Some)
+}
+
+/// A row's turns as (role, content), with the precedence of `normalize_conversations` (`role`
+/// unless None, else `from`; `content` unless None, else `value`), when the row's value is a list
+/// of dicts whose fields are None or `str`; None otherwise.
+fn python_turns(value: &Bound<'_, PyAny>) -> Option<Vec<(Option<PyBackedStr>, Option<PyBackedStr>)>> {
+    let list = value.cast_exact::<pyo3::types::PyList>().ok()?;
+    let field = |turn: &Bound<'_, pyo3::types::PyDict>, key: &str| -> Option<Option<PyBackedStr>> {
+        match turn.get_item(key).ok()? {
+            None => Some(None),
+            Some(value) => exact_str(&value),
+        }
+    };
+    list.iter()
+        .map(|turn| {
+            let turn = turn.cast_exact::<pyo3::types::PyDict>().ok()?;
+            let role = match field(turn, "role")? {
+                Some(role) => Some(role),
+                None => field(turn, "from")?,
+            };
+            let content = match field(turn, "content")? {
+                Some(content) => Some(content),
+                None => field(turn, "value")?,
+            };
+            Some((role, content))
+        })
+        .collect()
+}
+
 /// One deflated zip member, inflated piece by piece (`fastwds.volume.DeflatedMember` drives it).
 #[pyclass(module = "fastwds._core", name = "Inflater")]
 pub struct PyInflater {
@@ -569,6 +641,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(portable_keys, m)?)?;
     m.add_function(wrap_pyfunction!(inspect_images, m)?)?;
     m.add_function(wrap_pyfunction!(chat_documents, m)?)?;
+    m.add_function(wrap_pyfunction!(sft_documents, m)?)?;
     m.add_function(wrap_pyfunction!(read_files, m)?)?;
     m.add_function(wrap_pyfunction!(_shard_record, m)?)?;
     m.add("SampleError", py.get_type::<SampleError>())?;

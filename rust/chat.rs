@@ -11,8 +11,6 @@
 const ROLES: [(&[u8], &str); 5] =
     [(b"human", "user"), (b"user", "user"), (b"gpt", "assistant"), (b"assistant", "assistant"), (b"system", "system")];
 
-const IMAGE_TOKEN: &[u8] = b"<image>";
-
 /// One image of a row, as its header check found it.
 #[derive(Clone, Debug)]
 pub struct ImageMeta<'a> {
@@ -37,45 +35,62 @@ pub struct ChatRow<'a> {
     pub row: u64,
 }
 
+/// What the rules of a source ask of a row's turns (`check_sample`'s arguments).
+#[derive(Clone, Copy, Debug)]
+pub struct TurnRules {
+    /// The token that must occur once per medium (`<image>`).
+    pub token: &'static str,
+    /// A token that must not occur at all (SFT's other medium, `<video>`), if any.
+    pub absent_token: Option<&'static str>,
+    /// SFT: a system turn only as the first turn, and not the only kind of turn.
+    pub system_first: bool,
+}
+
+pub const PARQUET_RULES: TurnRules = TurnRules { token: "<image>", absent_token: None, system_first: false };
+pub const SFT_IMAGE_RULES: TurnRules = TurnRules { token: "<image>", absent_token: Some("<video>"), system_first: true };
+
+/// The turns as written (role, content) when they pass `rules` with `media` media, or None when
+/// the Python rules must judge them. `turns` are (role, content) after the spelling's precedence.
+pub fn plain_turns<'a>(turns: &[(Option<&'a str>, Option<&'a str>)], media: usize, rules: TurnRules) -> Option<Vec<(&'static str, &'a str)>> {
+    if turns.is_empty() {
+        return None;
+    }
+    let mut plain = Vec::with_capacity(turns.len());
+    let (mut tokens, mut absent) = (0, 0);
+    for (number, &(role, content)) in turns.iter().enumerate() {
+        let role = ROLES.iter().find(|(spelled, _)| Some(*spelled) == role.map(str::as_bytes))?.1;
+        let content = content?;
+        // Python's `content.strip()` is empty when every character is whitespace.
+        if content.chars().all(is_python_space) || (rules.system_first && role == "system" && number > 0) {
+            return None;
+        }
+        tokens += count(content.as_bytes(), rules.token.as_bytes());
+        absent += rules.absent_token.map_or(0, |token| count(content.as_bytes(), token.as_bytes()));
+        plain.push((role, content));
+    }
+    let only_system = plain.iter().all(|(role, _)| *role == "system");
+    (tokens == media && absent == 0 && !(rules.system_first && only_system)).then_some(plain)
+}
+
 /// The row's sample JSON, or None when the Python rules must judge it.
 pub fn simple_document(row: &ChatRow<'_>, out: &mut Vec<u8>) -> Option<()> {
     out.clear();
     let id = text(row.id?)?;
-    if id.is_empty() || row.turns.is_empty() {
+    if id.is_empty() {
         return None;
     }
-    let mut turns = Vec::with_capacity(row.turns.len());
-    let mut tokens = 0;
-    for &(role, content) in &row.turns {
-        let role = ROLES.iter().find(|(spelled, _)| Some(*spelled) == role)?.1;
-        let content = text(content?)?;
-        // Python's `content.strip()` is empty when every character is whitespace.
-        if content.chars().all(is_python_space) {
-            return None;
-        }
-        tokens += count(content.as_bytes(), IMAGE_TOKEN);
-        turns.push((role, content));
-    }
+    let turns: Vec<(Option<&str>, Option<&str>)> = row.turns.iter()
+        .map(|&(role, content)| Some((optional_text(role)?, optional_text(content)?)))
+        .collect::<Option<_>>()?;
     let images: Vec<&ImageMeta> = row.images.iter().map(Option::as_ref).collect::<Option<_>>()?;
-    if tokens != images.len() {
-        return None;
-    }
-    let data_source = row.data_source.map(text).map_or(Some(None), |s| s.map(Some))?;
+    let turns = plain_turns(&turns, images.len(), PARQUET_RULES)?;
+    let data_source = optional_text(row.data_source)?;
 
     out.extend_from_slice(b"{\"id\":");
     string(out, id);
-    out.extend_from_slice(b",\"conversations\":[");
-    for (i, (role, content)) in turns.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"role\":");
-        string(out, role);
-        out.extend_from_slice(b",\"content\":");
-        string(out, content);
-        out.push(b'}');
-    }
-    out.extend_from_slice(b"],\"data_source\":");
+    out.extend_from_slice(b",\"conversations\":");
+    write_turns(out, &turns);
+    out.extend_from_slice(b",\"data_source\":");
     match data_source {
         Some(source) => string(out, source),
         None => out.extend_from_slice(b"null"),
@@ -85,13 +100,8 @@ pub fn simple_document(row: &ChatRow<'_>, out: &mut Vec<u8>) -> Option<()> {
         if i > 0 {
             out.push(b',');
         }
-        let extension = if image.format == "jpeg" { "jpg" } else { image.format };
         out.extend_from_slice(b"{\"member\":");
-        if images.len() == 1 {
-            string(out, extension);
-        } else {
-            string(out, &format!("{i}.{extension}"));
-        }
+        string(out, &member_name(image, i, images.len()));
         out.extend_from_slice(b",\"format\":");
         string(out, image.format);
         out.extend_from_slice(format!(",\"width\":{},\"height\":{}}}", image.width, image.height).as_bytes());
@@ -102,9 +112,65 @@ pub fn simple_document(row: &ChatRow<'_>, out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
+/// An SFT row's Energon sample JSON (`sources.sft.convert.SftConverter.members`) when it passes
+/// the SFT image rules, or None: `{"media", "name", "texts", "id", "source"}`.
+pub fn sft_document(id: &str, turns: &[(Option<&str>, Option<&str>)], images: &[Option<ImageMeta<'_>>], file: &str, row: u64,
+                    out: &mut Vec<u8>) -> Option<()> {
+    out.clear();
+    if id.is_empty() {
+        return None;
+    }
+    let images: Vec<&ImageMeta> = images.iter().map(Option::as_ref).collect::<Option<_>>()?;
+    let turns = plain_turns(turns, images.len(), SFT_IMAGE_RULES)?;
+    out.extend_from_slice(if images.is_empty() { b"{\"media\":\"text\",\"name\":[" } else { b"{\"media\":\"image\",\"name\":[" });
+    for (i, image) in images.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, &member_name(image, i, images.len()));
+    }
+    out.extend_from_slice(b"],\"texts\":");
+    write_turns(out, &turns);
+    out.extend_from_slice(b",\"id\":");
+    string(out, id);
+    out.extend_from_slice(b",\"source\":{\"file\":");
+    string(out, file);
+    out.extend_from_slice(format!(",\"row\":{row}}}}}").as_bytes());
+    Some(())
+}
+
+/// `jpg`/`png` for a sample's only image; `0.jpg`, `1.png`, ... for several (`image_member_names`).
+fn member_name(image: &ImageMeta<'_>, i: usize, images: usize) -> String {
+    let extension = if image.format == "jpeg" { "jpg" } else { image.format };
+    if images == 1 { extension.to_string() } else { format!("{i}.{extension}") }
+}
+
+fn write_turns(out: &mut Vec<u8>, turns: &[(&str, &str)]) {
+    out.push(b'[');
+    for (i, (role, content)) in turns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"role\":");
+        string(out, role);
+        out.extend_from_slice(b",\"content\":");
+        string(out, content);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
 /// Valid UTF-8 text, or None (Python could not have read the value as `str`).
 fn text(bytes: &[u8]) -> Option<&str> {
     std::str::from_utf8(bytes).ok()
+}
+
+/// None stays None (a null value); bytes must be UTF-8 text (Some(None): they are not).
+fn optional_text(value: Option<&[u8]>) -> Option<Option<&str>> {
+    match value {
+        None => Some(None),
+        Some(bytes) => text(bytes).map(Some),
+    }
 }
 
 /// Whitespace as Python's `str.isspace` (and so `str.strip`) has it: Unicode's White_Space plus
@@ -241,7 +307,7 @@ mod tests {
 
     #[test]
     fn tokens_are_counted_without_overlap_and_escapes_match_python() {
-        assert_eq!(count(b"<image><image>x<image", IMAGE_TOKEN), 2);
+        assert_eq!(count(b"<image><image>x<image", b"<image>"), 2);
         let mut out = Vec::new();
         string(&mut out, "\u{0}\u{8}\u{b}\u{c}\u{1f}\"\\/\u{7f}\u{2028}");
         assert_eq!(String::from_utf8(out).unwrap(), "\"\\u0000\\b\\u000b\\f\\u001f\\\"\\\\/\u{7f}\u{2028}\"");

@@ -1,6 +1,6 @@
-"""The parquet rows' JSON written by Rust (``_core.chat_documents``) against the Python rules:
-any batch gives the same samples, bytes and rejects whether or not the Rust path is used, and
-the Rust path is the one taken for plain valid rows."""
+"""The sample JSON written by Rust (``_core.chat_documents`` for parquet, ``_core.sft_documents``
+for SFT) against the Python rules: any batch gives the same samples, bytes and rejects whether or
+not the Rust path is used, and the Rust path is the one taken for plain valid rows."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ import pytest
 from conftest import jpeg_bytes, png_bytes
 from fastwds.convert.plan import RowSlice, Task
 from fastwds.sources import get_source
+from fastwds.reasons import Problem
+from fastwds.sources.base import RowBatch
 from fastwds.sources.chat import ChatConverter
 from fastwds.sources.parquet.plan import ParquetColumns
 from fastwds.sources.parquet.read import to_batch
+from fastwds.sources.sft.convert import SftConverter
+from fastwds.sources.sft.rows import SftOptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from parquet_data import IMAGE
@@ -127,3 +131,67 @@ def test_other_column_types_go_to_the_python_rules(schema_change):
         columns["conversations"] = pa.array([[{"role": 1, "content": "<image>"}]])
     batch = to_batch("f.parquet", 0, pa.RecordBatch.from_pydict(columns), ParquetColumns())
     assert batch.arrow is None
+
+
+# ---- SFT: the same from the rows' Python values (_core.sft_documents) ---------------------------
+
+SFT_PIECES = PIECES + ["\ud800"]  # JSON's "\ud800" parses into a lone surrogate: not writable text
+
+
+@st.composite
+def sft_row(draw):
+    """A row as the SFT reader hands it: its id, its turns as json.loads made them (or odd
+    values), its media read (bytes, or the reader's Problem)."""
+    media = draw(st.lists(st.sampled_from(IMAGES[:2] * 8 + IMAGES + [Problem("media_missing", "x: no such file")]),
+                          max_size=3))
+    tokens = len(media) + draw(st.sampled_from([0] * 8 + [1, -1]))
+    turns = []
+    for number in range(draw(st.sampled_from([1, 2, 2, 3, 3, 0]))):
+        # A system turn is only valid first: later ones are mostly the other roles.
+        role = draw(st.sampled_from((VALID_ROLES if number == 0 else VALID_ROLES[:4]) * 8 + ROLES + [5]))
+        content = draw(st.sampled_from(["ok "] * 4 + [""])) + draw(st.lists(st.sampled_from(SFT_PIECES), max_size=4).map("".join))
+        content += "<image>" * (max(tokens, 0) if number == 0 else 0)
+        content = draw(st.sampled_from([content] * 18 + [None, "", " \x1c\u3000", 7, ["<image>"]]))
+        turn = {"from": role, "value": content} if draw(st.booleans()) else {"role": role, "content": content}
+        if draw(st.integers(0, 9)) == 0:
+            turn.update({"role": None, "from": draw(st.sampled_from(ROLES))})
+        turns.append(draw(st.sampled_from([turn] * 30 + [None, "turn"])))
+    conversations = draw(st.sampled_from([turns] * 18 + [None, json.dumps(turns), {"role": "user"}]))
+    sample_id = draw(st.sampled_from(["a", "b/c.jpg", "中文", 'q"\n'] * 3 + ["", None, "\udcff"]))
+    return sample_id, conversations, media
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(sft_row(), min_size=1, max_size=8), first_row=st.integers(0, 10**6),
+       on_invalid=st.sampled_from(["skip", "keep"]))
+def test_sft_rust_and_python_rules_give_the_same_samples(rows, first_row, on_invalid):
+    batch = RowBatch("data/train.jsonl", first_row, [r[0] for r in rows], [r[1] for r in rows],
+                     [r[2] for r in rows], [{} for _ in rows])
+    options = get_source("sft").convert_options(source_options=SftOptions(), on_invalid=on_invalid)
+    results = []
+    for rust in (True, False):
+        conv = SftConverter(Task("s", 0, (RowSlice("data/train.jsonl", 0, 100),)), options, ThreadPoolExecutor(1))
+        if not rust:
+            conv.simple_documents = lambda batch, loaded: [None] * len(batch)
+        try:
+            prepared = conv.prepare(batch)
+            results.append((prepared.ids, prepared.columns, conv.result.rejects))
+        except Exception as error:  # both paths must fail alike, too
+            results.append(repr(error))
+    assert results[0] == results[1]
+
+
+def test_plain_sft_rows_take_the_rust_path():
+    turns = [{"role": "system", "content": "be brief"}, {"from": "human", "value": "<image>\nWhat?"},
+             {"from": "gpt", "value": "中文"}]
+    batch = RowBatch("train.jsonl", 4, ["x1", "x2"], [turns, turns[1:2] + [{"role": "user", "content": "no image"}]],
+                     [[JPEG], []], [{}, {}])
+    conv = SftConverter(Task("s", 0, (RowSlice("train.jsonl", 0, 10),)),
+                        get_source("sft").convert_options(source_options=SftOptions()), ThreadPoolExecutor(1))
+    documents = conv.simple_documents(batch, conv.load(batch))
+    expected = {"media": "image", "name": ["jpg"],
+                "texts": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "<image>\nWhat?"},
+                          {"role": "assistant", "content": "中文"}],
+                "id": "x1", "source": {"file": "train.jsonl", "row": 4}}
+    assert documents[0] == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+    assert documents[1] is None  # one <image> token, no image: the Python rules reject it

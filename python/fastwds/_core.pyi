@@ -17,6 +17,7 @@ __all__ = [
     "portable_keys",
     "inspect_images",
     "chat_documents",
+    "sft_documents",
     "read_files",
     "_shard_record",
     "SampleError",
@@ -47,6 +48,10 @@ def chat_documents(
     ids: BinaryColumn, turn_starts: Sequence[int], role: BinaryColumn | None, from_: BinaryColumn | None,
     content: BinaryColumn | None, value: BinaryColumn | None, data_source: BinaryColumn | None,
     image_starts: Sequence[int], images: Sequence[tuple[str, int, int] | None], file: str, first_row: int,
+) -> list[bytes | None]: ...
+def sft_documents(
+    ids: Sequence[object], conversations: Sequence[object], image_starts: Sequence[int],
+    images: Sequence[tuple[str, int, int] | None], file: str, first_row: int,
 ) -> list[bytes | None]: ...
 def _shard_record(
     index: int, path: str, data_end: int, size: int, sha256: str, oversized: bool,

@@ -150,6 +150,13 @@ class LoadedRows:
     reencoded: list[Any] | None = None
 
 
+def image_layout(batch: RowBatch, loaded: LoadedRows) -> tuple[list[int], list[tuple[str, int, int] | None]]:
+    """For Rust's documents: where each row's images start in the batch's flat list of checks,
+    and each check as (format, width, height), None when it failed."""
+    starts = [0, *itertools.accumulate(len(images) for images in batch.images)]
+    return starts, [(c.format, c.width, c.height) if type(c) is ImageInfo else None for c in loaded.checks]
+
+
 class ChatConverter(RejectLog):
     """Validates and encodes the conversation + images rows of one task."""
 
@@ -211,12 +218,10 @@ class ChatConverter(RejectLog):
         if batch.arrow is None or loaded.reencoded is not None:  # re-encoding changes the image infos
             return [None] * len(batch)
         columns: ChatColumns = batch.arrow
-        image_starts = [0, *itertools.accumulate(len(images) for images in batch.images)]
-        images = [(c.format, c.width, c.height) if type(c) is ImageInfo else None for c in loaded.checks]
         fields = columns.turn_fields
         return _core.chat_documents(columns.ids, columns.turn_starts, fields.get("role"), fields.get("from"),
-                                    fields.get("content"), fields.get("value"), columns.data_source, image_starts,
-                                    images, batch.file, batch.first_row)
+                                    fields.get("content"), fields.get("value"), columns.data_source,
+                                    *image_layout(batch, loaded), batch.file, batch.first_row)
 
     def prepare(self, batch: RowBatch) -> PreparedBatch:
         loaded = self.load(batch)

@@ -9,12 +9,20 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fastwds import _core
 from fastwds.convert.options import ConvertOptions
 from fastwds.convert.plan import Task
 from fastwds.errors import FastwdsError
 from fastwds.reasons import Problem
 from fastwds.sources.base import RowBatch
-from fastwds.sources.chat import ChatConverter, CheckedSample, check_sample, image_member_names
+from fastwds.sources.chat import (
+    ChatConverter,
+    CheckedSample,
+    LoadedRows,
+    check_sample,
+    image_layout,
+    image_member_names,
+)
 from fastwds.sources.sft.rows import MEDIA_KINDS
 from fastwds.video import inspect_video
 
@@ -38,6 +46,15 @@ class SftConverter(ChatConverter):
         for i, check in zip(readable, found):
             checks[i] = check
         return checks
+
+    def simple_documents(self, batch: RowBatch, loaded: LoadedRows) -> list[bytes | None]:
+        """The Energon JSON of the image rows needing no judgment, from Rust, as for parquet
+        (``ChatColumns``): here from the rows' Python values (``_core.sft_documents``). Rows with
+        videos, re-encoded images or anything else to judge go through ``check_row``."""
+        if self.media != "image" or loaded.reencoded is not None:
+            return [None] * len(batch)
+        return _core.sft_documents(batch.ids, batch.conversations, *image_layout(batch, loaded), batch.file,
+                                   batch.first_row)
 
     def check_row(self, batch: RowBatch, index: int, media_checks: list) -> CheckedSample:
         return check_sample(batch.conversations[index], media_checks, kind=self.media,
