@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import jpeg_bytes, read_members, read_webdataset, run_cli
+from fastwds.paths import safe_name
 from fastwds.reasons import REJECT_REASONS as REASONS
 from parquet_data import IMAGE, corrupt_png, rgb_image, rows, turns, write_rows
 from PIL import Image
@@ -442,3 +444,24 @@ def test_upper_case_parquet_extensions_are_read(tmp_path):
     one = json.loads(run_cli("convert", "parquet", str(data / "s" / "b.PARQUET"), str(tmp_path / "one"),
                              "--json").stdout)
     assert one["rows"] == 2
+
+
+def test_subset_folders_named_in_other_scripts_stay_apart(tmp_path):
+    """Folders named only in non-Latin scripts used to all become subset 'data' and collide."""
+    data = tmp_path / "data"
+    write_rows(data / "中文" / "a.parquet", rows()[:2])
+    write_rows(data / "日本語" / "a.parquet", rows()[2:3])
+    write_rows(data / "ascii" / "a.parquet", rows()[3:4])
+    out = tmp_path / "out"
+    run_cli("convert", "parquet", str(data), str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    subsets = {shard["name"].rsplit("-", 1)[0]: shard["samples"] for shard in manifest["shards"]}
+    assert subsets.keys() == {"ascii", f"data_{_digest('中文')}", f"data_{_digest('日本語')}"}, subsets
+    assert sorted(subsets.values()) == [1, 1, 2]
+    # The same name however the file system spells it (macOS decomposes accents: NFD).
+    composed = "donn\u00e9es"
+    assert safe_name("donne\u0301es") == safe_name(composed) == f"donn_es_{_digest(composed)}"
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:8]

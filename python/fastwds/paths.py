@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 from fastwds.errors import InvalidInputError
@@ -66,5 +68,13 @@ def matching_files(spec: str, missing: str = "no such file") -> list[Path]:
 
 def safe_name(raw: str, fallback: str = "data") -> str:
     """A file-name-safe version of ``raw`` for shard names (subset and dataset names): runs of other
-    characters become '_', leading and trailing dots and underscores go."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or fallback
+    characters become '_', leading and trailing dots and underscores go. A name with non-ASCII
+    characters (中文, données) also gets 8 hex digits of its sha256 (of its NFC form, as macOS and
+    Linux may spell it differently): folders named only in other scripts would otherwise all
+    become ``fallback`` and collide. ASCII names keep their spelling."""
+    if not raw.isascii():
+        raw = unicodedata.normalize("NFC", raw)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or fallback
+    if raw.isascii():
+        return name
+    return f"{name}_{hashlib.sha256(raw.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
