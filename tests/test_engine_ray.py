@@ -170,6 +170,26 @@ def wait_for(condition, what: str, timeout: float = TIMEOUT):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def unfinished(out: Path, attempts: list[dict]) -> list[dict]:
+    return [a for a in attempts if not (out / ".fastwds" / "tasks" / f"{a['task']}.json").exists()]
+
+
+def freeze_a_running_attempt(out: Path, raylet_pid: int) -> list[dict]:
+    """SIGSTOP the node's processes while one of its attempts has not written its task record.
+    Seen running is not enough: a short task can finish between the look and the kill (a CI run
+    saw that), and a finished task is never retried. Checked again once stopped, when nothing on
+    the node can finish any more; if it finished in between, let the node go on and look again."""
+    while True:
+        wait_for(lambda: unfinished(out, attempts_on(out, set(descendants(raylet_pid)))), "a task on the doomed node")
+        frozen = [raylet_pid, *descendants(raylet_pid)]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        if victims := unfinished(out, attempts_on(out, set(frozen))):
+            return victims
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_a_node_that_dies_mid_task_loses_nothing(cluster, parquet_data, local_parquet, tmp_path):
     """SIGKILL of a worker node (its raylet and the workers under it) while a task runs there:
     Ray retries the task on the node left, and the output is the local engine's."""
@@ -183,9 +203,8 @@ def test_a_node_that_dies_mid_task_loses_nothing(cluster, parquet_data, local_pa
                                *PARQUET, "--engine", "ray", "--ray-address", cluster.address, "--ray-task-cpus", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victims = wait_for(lambda: attempts_on(out, set(descendants(raylet.pid))), "a task on the doomed node")
-        doomed = [raylet.pid, *descendants(raylet.pid)]
-        for pid in doomed:
+        victims = freeze_a_running_attempt(out, raylet.pid)
+        for pid in [raylet.pid, *descendants(raylet.pid)]:
             os.kill(pid, signal.SIGKILL)
         raylet.wait()  # reap it: a zombie raylet keeps the node looking alive
         cluster.remove_node(node, allow_graceful=False)
