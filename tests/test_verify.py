@@ -476,6 +476,18 @@ def test_dali_indexes_the_manifest_says_were_written_must_be_there_and_readable(
     assert idx.name in report["issues"][0]["message"]
 
 
+def test_a_damaged_shard_says_its_index_was_not_checked(dataset):
+    """Offsets in a cut-short shard mean nothing, so its DALI index is not compared; verify says
+    so rather than leave the index looking checked."""
+    shard = sorted(dataset.glob("*.tar"))[1]
+    shard.write_bytes(shard.read_bytes()[:3000])
+    code, report = plant_and_verify(dataset)
+    assert code == 1 and "tar_truncated" in error_codes(report)
+    skipped = [i for i in report["issues"] if i["code"] == "index_not_checked"]
+    assert [(i["shard"], i["message"]) for i in skipped] == [
+        (shard.name, f"{shard.with_suffix('.idx').name}: not checked, the shard is damaged (see its tar_* error)")]
+
+
 def test_a_foreign_idx_that_is_not_dalis_is_only_a_warning(tmp_path):
     shards = good_shards(tmp_path)
     shards[0].with_suffix(".idx").write_text("some other tool's index\n")

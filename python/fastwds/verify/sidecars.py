@@ -190,6 +190,11 @@ class Sidecars:
             self._check_dali(scan)
             self._check_energon_idx(scan)
             self._check_energon_meta(scan, key)
+            return
+        why = "the shard is compressed" if scan.compressed else "the shard is damaged (see its tar_* error)"
+        for index in (dali_index_path(scan.path), energon_index_path(scan.path)):
+            if index != scan.path and index.is_file():
+                self.report("index_not_checked", f"{index.name}: not checked, {why}", shard=scan.name)
 
     def _check_manifest(self, scan: ShardScan, key: str) -> None:
         if self.manifest is None:
